@@ -1,0 +1,107 @@
+"""Delivery over SMTP (aiosmtplib) to the smarthost or submission server, reusing connections.
+
+Connections are cached and reused for several messages, as Postfix's smtp client does, so a burst
+does not pay a TCP and EHLO round trip per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import aiosmtplib
+
+from gateway.act.transport import Outcome, classify_reply
+
+log = logging.getLogger("parentgate.relay")
+
+
+@dataclass(frozen=True)
+class RelayTarget:
+    host: str
+    port: int
+    hostname: str
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    oauth2_token: Callable[[], str] | None = None
+    timeout: float = 30.0
+
+
+class SmtpRelay:
+    def __init__(self, target: RelayTarget, *, max_idle: int = 16) -> None:
+        self.target = target
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._max_idle = max_idle
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        t = self.target
+        client = aiosmtplib.SMTP(hostname=t.host, port=t.port, local_hostname=t.hostname, timeout=t.timeout,
+                                 start_tls=t.starttls, use_tls=False)
+        await client.connect()
+        if t.username and t.oauth2_token is not None:
+            token = await asyncio.to_thread(t.oauth2_token)
+            blob = base64.b64encode(f"user={t.username}\x01auth=Bearer {token}\x01\x01".encode()).decode()
+            response = await client.execute_command(b"AUTH", b"XOAUTH2", blob.encode())
+            if response.code != 235:
+                raise aiosmtplib.SMTPAuthenticationError(response.code, response.message)
+        elif t.username and t.password is not None:
+            await client.login(t.username, t.password)
+        return client
+
+    async def send(self, mail_from: str, rcpts: list[str], data: bytes) -> Outcome:
+        client = self._idle.pop() if self._idle else None
+        for attempt in range(2):
+            fresh = client is None
+            try:
+                if client is None:
+                    client = await self._connect()
+                errors, response = await client.sendmail(mail_from, rcpts, data)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                await self._discard_or_keep(client, keep=True)
+                codes = [e.code for e in exc.recipients]
+                temporary = all(400 <= c < 500 or c == 552 for c in codes)
+                return Outcome(ok=False, temporary=temporary, detail=f"recipients refused ({codes[:3]})")
+            except aiosmtplib.SMTPResponseException as exc:
+                await self._discard_or_keep(client, keep=exc.code < 500 or exc.code == 552)
+                return classify_reply(exc.code, exc.message)
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                await self._discard_or_keep(client, keep=False)
+                client = None
+                if fresh or attempt == 1:
+                    return Outcome(ok=False, temporary=True, detail=f"connection: {exc.__class__.__name__}")
+                # A cached connection may have been closed by the server while idle: retry once fresh.
+                continue
+            refused = tuple(sorted(errors))
+            if len(self._idle) < self._max_idle:
+                self._idle.append(client)
+            else:
+                await self._discard_or_keep(client, keep=False)
+            return Outcome.sent(str(response)[:200], refused=refused)
+        return Outcome(ok=False, temporary=True, detail="connection failed")
+
+    async def _discard_or_keep(self, client: aiosmtplib.SMTP | None, *, keep: bool) -> None:
+        if client is None:
+            return
+        if keep and client.is_connected and len(self._idle) < self._max_idle:
+            try:
+                await client.rset()
+                self._idle.append(client)
+                return
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                pass
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+            pass
+
+    async def close(self) -> None:
+        while self._idle:
+            client = self._idle.pop()
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                client.close()

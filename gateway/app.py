@@ -1,0 +1,133 @@
+"""The one place that builds and wires everything: configuration, rules, database, workers, listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+from pathlib import Path
+
+from gateway import config as config_mod
+from gateway.act.maildir import MaildirTransport
+from gateway.act.relay import RelayTarget, SmtpRelay
+from gateway.act.transport import Transport
+from gateway.clock import Clock, SystemClock
+from gateway.config import Config
+from gateway.ingest.inbox import Inbox
+from gateway.ingest.smtp import start_server
+from gateway.jobs import Jobs
+from gateway.services import purge_expired
+from gateway.store.database import Database
+from gateway.store.queue import clear_leases
+from gateway.triage.rules import RuleSet, default_rules_dir, load_rules
+from gateway.workers.delivery import DeliveryWorker
+from gateway.workers.release import release_due
+from gateway.workers.runtime import Runtime, Wakeup, make_owner
+from gateway.workers.triage import TriageWorker
+
+log = logging.getLogger("parentgate")
+
+
+def rules_dir(config: Config) -> Path:
+    return config.gateway.rules_dir or default_rules_dir()
+
+
+def load_all(path: Path | str) -> tuple[Config, RuleSet]:
+    """Configuration and rules together: both must be valid, or neither is used."""
+    config = config_mod.load(path)
+    rules = load_rules(rules_dir(config))
+    return config, rules
+
+
+def build_runtime(config: Config, rules: RuleSet, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
+    config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(config.gateway.database, migrate=migrate)
+    identity = hashlib.sha256(f"{config.path}|{config.smtp.host}:{config.smtp.port}".encode()).hexdigest()[:12]
+    return Runtime(db=db, clock=clock or SystemClock(), config=config, rules=rules,
+                   templates_dir=rules_dir(config) / "templates", owner=make_owner(identity))
+
+
+def delivery_transport(config: Config) -> Transport:
+    if config.delivery.mode == "maildir":
+        return MaildirTransport(config.delivery.maildir_root)
+    return SmtpRelay(RelayTarget(host=config.delivery.smarthost_host, port=config.delivery.smarthost_port,
+                                 hostname=config.smtp.hostname))
+
+
+class Daemon:
+    """`parentgate run`: SMTP in, triage, release, delivery, until SIGTERM."""
+
+    def __init__(self, config_path: Path, rt: Runtime) -> None:
+        self.config_path = config_path
+        self.rt = rt
+        self.stopping = asyncio.Event()
+        self.triage_wakeup = Wakeup()
+
+    def reload(self) -> None:
+        try:
+            config, rules = load_all(self.config_path)
+        except Exception as exc:  # noqa: BLE001 - a bad reload keeps the running configuration
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        self.rt.config, self.rt.rules = config, rules
+        self.rt.templates_dir = rules_dir(config) / "templates"
+        log.info("configuration and rules reloaded (rules %s)", rules.digest[:12])
+
+    async def _triage_loop(self, worker: TriageWorker) -> None:
+        while not self.stopping.is_set():
+            try:
+                n = await worker.run_once()
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the loop
+                log.exception("triage batch failed")
+                n = 0
+                await asyncio.sleep(1)
+            if n == 0:
+                await self.triage_wakeup.wait(1.0)
+
+    async def run(self) -> int:
+        rt = self.rt
+        # Leases held by this gateway's previous incarnation (killed, or the machine rebooted) are ours
+        # to clear; with SQLite there is only one gateway, so every lease is.
+        owner = None if rt.db.single_writer else rt.owner
+        rt.db.transact(lambda s: clear_leases(s, owner))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+        primary = delivery_transport(rt.config)
+        delivery = DeliveryWorker(rt, primary)
+        rt.wake_delivery = delivery.wakeup.set
+        rt.wake_triage = self.triage_wakeup.set
+        inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set)
+        inbox.start()
+        server = await start_server(lambda: rt.config, inbox)
+        triage = TriageWorker(rt)
+        tasks = [asyncio.create_task(self._triage_loop(triage), name="triage"),
+                 asyncio.create_task(delivery.run(), name="delivery")]
+        jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt))
+        jobs.start()
+        log.info("parentgate listening on %s:%d (%s delivery, %d school(s))", rt.config.smtp.host,
+                 rt.config.smtp.port, rt.config.delivery.mode, len(rt.config.schools))
+        await self.stopping.wait()
+
+        log.info("stopping: no new connections; finishing work in progress")
+        server.close()
+        await server.wait_closed()
+        jobs.shutdown()
+        await asyncio.sleep(0)
+        await inbox.stop()
+        delivery.stop()
+        tasks[0].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await primary.close()
+        rt.db.close()
+        log.info("stopped")
+        return 0
+
+    async def _release(self) -> int:
+        n = await self.rt.db.run(lambda s: release_due(s, self.rt))
+        if n:
+            self.rt.wake_delivery()
+        return n

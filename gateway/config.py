@@ -1,0 +1,533 @@
+"""Load and validate the one TOML configuration file into frozen dataclasses.
+
+Every problem is reported as a `ConfigError` naming the file, the key and what is wrong, so that
+`parentgate check-config` can tell an IT manager exactly which line to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import date, time, timedelta
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gateway.domain.calendar import HalfTerm, SchoolCalendar
+
+T = TypeVar("T")
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+NATIONS = ("ENG", "WLS", "SCT", "NIR", "none")
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_ADDRESS = re.compile(r"^[^@\s<>]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{1,63}$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the person editing the file."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = str(path), key, problem
+        super().__init__(f"{path}: {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    state_dir: Path
+    database: str
+    timezone: str
+    postmaster: str
+    rules_dir: Path | None
+    log_level: str
+    retention: timedelta
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    hostname: str
+    max_message_size: int
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    mode: str
+    maildir_root: Path
+    smarthost_host: str
+    smarthost_port: int
+    retry_first_delay: timedelta
+    retry_max_delay: timedelta
+    lifetime: timedelta
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class AcknowledgeConfig:
+    enabled: bool
+    period: timedelta
+    respond_within: int
+    max_per_sender_per_day: int
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    family_messages_per_half_term: int
+    thread_messages: int
+    long_message_words: int
+
+
+@dataclass(frozen=True)
+class OAuth2Config:
+    provider: str
+    tenant_id: str
+    client_id: str
+    client_secret: str
+    service_account_file: Path | None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str | None
+    oauth2: OAuth2Config | None
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    name: str
+    school: str
+    host: str
+    port: int
+    tls: str
+    credentials: Credentials
+    folder: str
+    held_folder: str
+    review_folder: str
+    backfill_since: date | None
+    poll_interval: timedelta
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    host: str
+    port: int
+    starttls: bool
+    credentials: Credentials | None
+
+
+@dataclass(frozen=True)
+class SchoolConfig:
+    id: str
+    name: str
+    domains: tuple[str, ...]
+    head_of_school: str
+    office: str
+    office_phone: str
+    dsl: str
+    acknowledge_from: str
+    acknowledge: bool
+    calendar: SchoolCalendar = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    gateway: GatewayConfig
+    smtp: SmtpConfig
+    delivery: DeliveryConfig
+    acknowledge: AcknowledgeConfig
+    limits: LimitsConfig
+    schools: tuple[SchoolConfig, ...]
+    mailboxes: tuple[MailboxConfig, ...]
+    submission: SubmissionConfig | None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.gateway.timezone)
+
+    def school(self, school_id: str) -> SchoolConfig:
+        for school in self.schools:
+            if school.id == school_id:
+                return school
+        raise KeyError(school_id)
+
+    def school_for_domain(self, domain: str) -> SchoolConfig | None:
+        domain = domain.lower()
+        for school in self.schools:
+            if domain in school.domains:
+                return school
+        return None
+
+    @property
+    def own_domains(self) -> frozenset[str]:
+        return frozenset(d for s in self.schools for d in s.domains)
+
+
+def parse_duration(text: str) -> timedelta:
+    """"90s", "5m", "4h", "5d" -> timedelta; raises ValueError otherwise."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"expected a duration like 90s, 5m, 4h or 5d, got {text!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+def parse_clock(text: str) -> time | None:
+    """"08:00" -> time(8); "24:00" -> None (until midnight)."""
+    match = re.match(r"^(\d{2}):(\d{2})$", text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"expected HH:MM, got {text!r}")
+    hour, minute = int(match.group(1)), int(match.group(2))
+    if (hour, minute) == (24, 0):
+        return None
+    if hour > 23 or minute > 59:
+        raise ValueError(f"{text!r} is not a time of day")
+    return time(hour, minute)
+
+
+def split_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep:
+        raise ValueError(f"expected host:port, got {text!r}")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} out of range")
+    return (host.strip("[]") or default_host), number
+
+
+class _Table:
+    """A TOML table being read: typed access, and unknown keys reported by name."""
+
+    def __init__(self, path: Path, prefix: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, prefix, "must be a table")
+        self.path, self.prefix, self.data = path, prefix, data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), problem)
+
+    def get(self, name: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            if required or default is None:
+                raise self.error(name, "is required")
+            return default
+        value = self.data[name]
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise self.error(name, f"must be {_kind_name(kind)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def optional(self, name: str, kind: type[T]) -> T | None:
+        if name not in self.data:
+            self.seen.add(name)
+            return None
+        return self.get(name, kind)
+
+    def convert(self, name: str, raw: Any, fn: Callable[[Any], T]) -> T:
+        try:
+            return fn(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise self.error(name, str(exc)) from None
+
+    def table(self, name: str) -> _Table:
+        self.seen.add(name)
+        return _Table(self.path, self.key(name), self.data.get(name, {}))
+
+    def tables(self, name: str) -> list[_Table]:
+        self.seen.add(name)
+        items = self.data.get(name, [])
+        if not isinstance(items, list):
+            raise self.error(name, "must be an array of tables ([[...]])")
+        return [_Table(self.path, f"{self.key(name)}[{i}]", item) for i, item in enumerate(items)]
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", bool: "true or false", list: "a list",
+            dict: "a table", date: "a date (YYYY-MM-DD)", float: "a number"}.get(kind, kind.__name__)
+
+
+def _address(table: _Table, name: str, default: str | None = None) -> str:
+    value = table.get(name, str, default)
+    if not _ADDRESS.match(value):
+        raise table.error(name, f"{value!r} is not an email address")
+    return value.lower()
+
+
+def _positive(table: _Table, name: str, default: int) -> int:
+    value = table.get(name, int, default)
+    if value < 1:
+        raise table.error(name, f"must be at least 1, got {value}")
+    return value
+
+
+def _duration(table: _Table, name: str, default: str) -> timedelta:
+    raw = table.get(name, str, default)
+    value = table.convert(name, raw, parse_duration)
+    if value <= timedelta(0):
+        raise table.error(name, "must be longer than zero")
+    return value
+
+
+def _path(base: Path, value: str) -> Path:
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else (base / candidate)
+
+
+def _database_url(base: Path, state_dir: Path, raw: str | None) -> str:
+    if raw is None:
+        return f"sqlite:///{state_dir / 'parentgate.db'}"
+    if raw.startswith("sqlite:///") and not raw.startswith("sqlite:////"):
+        relative = raw[len("sqlite:///"):]
+        if relative and relative != ":memory:":
+            return f"sqlite:///{_path(base, relative)}"
+    return raw
+
+
+def load(path: Path | str) -> Config:
+    """Read and validate `path`. Raises ConfigError naming the file, key and problem."""
+    path = Path(path).resolve()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "(file)", f"cannot be read: {exc.__class__.__name__}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", str(exc)) from None
+    base = path.parent
+    root = _Table(path, "", data)
+
+    gw = root.table("gateway")
+    state_dir = _path(base, gw.get("state_dir", str, "var"))
+    database = _database_url(base, state_dir, gw.optional("database", str))
+    if not database.startswith(("sqlite://", "postgresql")):
+        raise gw.error("database", "must be a sqlite:/// or postgresql+psycopg:// URL")
+    tz_name = gw.get("timezone", str, "Europe/London")
+    try:
+        ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise gw.error("timezone", f"unknown time zone {tz_name!r}") from None
+    rules_raw = gw.optional("rules_dir", str)
+    log_level = gw.get("log_level", str, "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise gw.error("log_level", "must be DEBUG, INFO, WARNING or ERROR")
+    gateway = GatewayConfig(
+        state_dir=state_dir, database=database, timezone=tz_name,
+        postmaster=_address(gw, "postmaster", "postmaster@localhost.localdomain"),
+        rules_dir=_path(base, rules_raw) if rules_raw else None, log_level=log_level,
+        retention=_duration(gw, "retention", "400d"))
+    gw.finish()
+
+    st = root.table("smtp")
+    host, port = st.convert("listen", st.get("listen", str, "127.0.0.1:2525"), split_hostport)
+    smtp = SmtpConfig(host=host, port=port, hostname=st.get("hostname", str, "parentgate.localdomain"),
+                      max_message_size=_positive(st, "max_message_size", 26214400))
+    st.finish()
+
+    dl = root.table("delivery")
+    mode = dl.get("mode", str, "maildir")
+    if mode not in ("maildir", "smtp"):
+        raise dl.error("mode", f"must be \"maildir\" or \"smtp\", got {mode!r}")
+    sh_host, sh_port = dl.convert("smarthost", dl.get("smarthost", str, "127.0.0.1:10026"), split_hostport)
+    delivery = DeliveryConfig(
+        mode=mode, maildir_root=_path(base, dl.get("maildir_root", str, "var/mail")),
+        smarthost_host=sh_host, smarthost_port=sh_port,
+        retry_first_delay=_duration(dl, "retry_first_delay", "5m"),
+        retry_max_delay=_duration(dl, "retry_max_delay", "4h"),
+        lifetime=_duration(dl, "lifetime", "5d"), concurrency=_positive(dl, "concurrency", 20))
+    if delivery.retry_max_delay < delivery.retry_first_delay:
+        raise dl.error("retry_max_delay", "must not be shorter than retry_first_delay")
+    dl.finish()
+
+    ack = root.table("acknowledge")
+    acknowledge = AcknowledgeConfig(
+        enabled=ack.get("enabled", bool, True), period=_duration(ack, "period", "7d"),
+        respond_within=_positive(ack, "respond_within", 2),
+        max_per_sender_per_day=_positive(ack, "max_per_sender_per_day", 3))
+    ack.finish()
+
+    lim = root.table("limits")
+    limits = LimitsConfig(
+        family_messages_per_half_term=_positive(lim, "family_messages_per_half_term", 5),
+        thread_messages=_positive(lim, "thread_messages", 5),
+        long_message_words=_positive(lim, "long_message_words", 400))
+    lim.finish()
+
+    schools = tuple(_school(t, tz_name, acknowledge.enabled) for t in root.tables("schools"))
+    if not schools:
+        raise ConfigError(path, "schools", "at least one [[schools]] table is required")
+    _check_unique(path, "schools", [s.id for s in schools], "id")
+    _check_unique(path, "schools", [d for s in schools for d in s.domains], "domain")
+
+    imap = root.table("imap")
+    mailboxes = tuple(_mailbox(t, base, {s.id for s in schools}) for t in imap.tables("mailboxes"))
+    _check_unique(path, "imap.mailboxes", [m.name for m in mailboxes], "name")
+    imap.finish()
+    submission = _submission(root.table("submission"), base) if "submission" in data else None
+    root.seen.add("submission")
+    root.finish()
+    return Config(path=path, gateway=gateway, smtp=smtp, delivery=delivery, acknowledge=acknowledge,
+                  limits=limits, schools=schools, mailboxes=mailboxes, submission=submission)
+
+
+def _check_unique(path: Path, key: str, values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ConfigError(path, key, f"{what} {value!r} appears more than once")
+        seen.add(value)
+
+
+def _school(t: _Table, tz_name: str, ack_default: bool) -> SchoolConfig:
+    school_id = t.get("id", str, required=True)
+    if not re.match(r"^[A-Za-z0-9_-]+$", school_id):
+        raise t.error("id", "use letters, digits, - and _ only")
+    domains_raw = t.get("domains", list, required=True)
+    if not domains_raw or not all(isinstance(d, str) and _DOMAIN.match(d) for d in domains_raw):
+        raise t.error("domains", "must be a non-empty list of domain names")
+    domains = tuple(d.lower() for d in domains_raw)
+    ack_from = t.optional("acknowledge_from", str) or f"no-reply@{domains[0]}"
+    if not _ADDRESS.match(ack_from):
+        raise t.error("acknowledge_from", f"{ack_from!r} is not an email address")
+    ack_table = t.table("acknowledge")
+    ack_enabled = ack_table.get("enabled", bool, ack_default)
+    ack_table.finish()
+
+    hours = t.table("hours")
+    open_at = hours.convert("open", hours.get("open", str, "08:00"), parse_clock)
+    close_at = hours.convert("close", hours.get("close", str, "17:00"), parse_clock)
+    if open_at is None:
+        raise hours.error("open", "\"24:00\" is only allowed for close")
+    if close_at is not None and close_at <= open_at:
+        raise hours.error("close", "must be after open")
+    day_names = hours.get("days", list, list(DAY_NAMES[:5]))
+    bad = [d for d in day_names if d not in DAY_NAMES]
+    if bad or not day_names:
+        raise hours.error("days", f"use {', '.join(DAY_NAMES)}; got {bad or 'nothing'}")
+    hours.finish()
+
+    terms: list[HalfTerm] = []
+    for term in t.tables("half_terms"):
+        name = term.get("name", str, required=True)
+        start = term.get("start", date, required=True)
+        end = term.get("end", date, required=True)
+        if end < start:
+            raise term.error("end", f"{end} is before start {start}")
+        if terms and start <= terms[-1].end:
+            raise term.error("start", f"overlaps or precedes {terms[-1].name!r}; list half-terms in order")
+        terms.append(HalfTerm(name=name, start=start, end=end))
+        term.finish()
+
+    closures = t.table("closures")
+    inset = closures.get("inset_days", list, [])
+    if not all(isinstance(d, date) for d in inset):
+        raise closures.error("inset_days", "must be a list of dates (YYYY-MM-DD, unquoted)")
+    nation = closures.get("bank_holidays", str, "ENG")
+    if nation not in NATIONS:
+        raise closures.error("bank_holidays", f"must be one of {', '.join(NATIONS)}")
+    closures.finish()
+
+    calendar = SchoolCalendar.for_nation(
+        tz=ZoneInfo(tz_name), open_at=open_at, close_at=close_at,
+        days=frozenset(DAY_NAMES.index(d) for d in day_names), half_terms=tuple(terms),
+        inset_days=frozenset(inset), nation=nation)
+    school = SchoolConfig(
+        id=school_id, name=t.get("name", str, school_id), domains=domains,
+        head_of_school=_address(t, "head_of_school"), office=_address(t, "office"),
+        office_phone=t.get("office_phone", str, ""), dsl=_address(t, "dsl"),
+        acknowledge_from=ack_from.lower(), acknowledge=ack_enabled, calendar=calendar)
+    t.finish()
+    return school
+
+
+def _credentials(t: _Table, base: Path, *, required: bool) -> Credentials | None:
+    username = t.optional("username", str)
+    password = t.optional("password", str)
+    password_file = t.optional("password_file", str)
+    oauth = _oauth2(t.table("oauth2"), base) if "oauth2" in t.data else None
+    t.seen.add("oauth2")
+    if password_file is not None:
+        if password is not None:
+            raise t.error("password_file", "give password or password_file, not both")
+        try:
+            password = _path(base, password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise t.error("password_file", f"cannot be read ({exc.strerror})") from None
+    if username is None:
+        if required:
+            raise t.error("username", "is required")
+        if password is not None or oauth is not None:
+            raise t.error("username", "is required when a password or oauth2 is given")
+        return None
+    if password is None and oauth is None:
+        raise t.error("password", "give password, password_file or an [oauth2] table")
+    return Credentials(username=username, password=password, oauth2=oauth)
+
+
+def _oauth2(t: _Table, base: Path) -> OAuth2Config:
+    provider = t.get("provider", str, required=True)
+    if provider not in ("microsoft", "google"):
+        raise t.error("provider", "must be \"microsoft\" or \"google\"")
+    secret = t.optional("client_secret", str)
+    secret_file = t.optional("client_secret_file", str)
+    if secret_file:
+        try:
+            secret = _path(base, secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise t.error("client_secret_file", f"cannot be read ({exc.strerror})") from None
+    sa_file = t.optional("service_account_file", str)
+    config = OAuth2Config(provider=provider, tenant_id=t.get("tenant_id", str, ""),
+                          client_id=t.get("client_id", str, ""), client_secret=secret or "",
+                          service_account_file=_path(base, sa_file) if sa_file else None)
+    if provider == "microsoft" and not (config.tenant_id and config.client_id and config.client_secret):
+        raise t.error("tenant_id", "microsoft needs tenant_id, client_id and client_secret")
+    if provider == "google" and config.service_account_file is None:
+        raise t.error("service_account_file", "google needs a service account key file")
+    t.finish()
+    return config
+
+
+def _mailbox(t: _Table, base: Path, school_ids: set[str]) -> MailboxConfig:
+    school = t.get("school", str, required=True)
+    if school not in school_ids:
+        raise t.error("school", f"no [[schools]] has id {school!r}")
+    host = t.get("host", str, required=True)
+    tls = t.get("tls", str, "ssl")
+    if tls not in ("ssl", "starttls", "none"):
+        raise t.error("tls", "must be \"ssl\", \"starttls\" or \"none\"")
+    if tls == "none" and host not in ("127.0.0.1", "localhost", "::1"):
+        raise t.error("tls", "\"none\" is only allowed for a server on this machine (127.0.0.1)")
+    port = t.get("port", int, 993 if tls == "ssl" else 143)
+    credentials = _credentials(t, base, required=True)
+    assert credentials is not None
+    folder = t.get("folder", str, "INBOX")
+    since = t.optional("backfill_since", date)
+    mailbox = MailboxConfig(
+        name=t.get("name", str, f"{credentials.username}@{host}"), school=school, host=host, port=port,
+        tls=tls, credentials=credentials, folder=folder,
+        held_folder=t.get("held_folder", str, "Held until school opens"),
+        review_folder=t.get("review_folder", str, "With the Head of School"),
+        backfill_since=since, poll_interval=_duration(t, "poll_interval", "60s"))
+    t.finish()
+    return mailbox
+
+
+def _submission(t: _Table, base: Path) -> SubmissionConfig:
+    host = t.get("host", str, required=True)
+    starttls = t.get("starttls", bool, True)
+    submission = SubmissionConfig(host=host, port=t.get("port", int, 587), starttls=starttls,
+                                  credentials=_credentials(t, base, required=False))
+    t.finish()
+    return submission

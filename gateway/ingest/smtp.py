@@ -1,0 +1,84 @@
+"""SMTP ingress (aiosmtpd): accept mail only for the schools' domains, store it, then say 250.
+
+Never an open relay: RCPT is refused (550 5.7.1) for any domain that is not a configured school's.
+Any failure answers a generic 451 4.3.0, never the exception text (STYLE §1).
+"""
+
+from __future__ import annotations
+
+import logging
+import asyncio
+from typing import Callable
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.config import Config
+from gateway.ingest.inbox import Inbox, Incoming
+
+log = logging.getLogger("parentgate.smtp")
+
+QUEUED_250 = "250 2.0.0 OK: queued"
+NOT_OURS_550 = "550 5.7.1 Relay access denied: this gateway accepts mail only for its schools"
+BAD_ADDRESS_553 = "553 5.1.3 Bad recipient address syntax"
+TOO_BIG_552 = "552 5.3.4 Message too big for this gateway"
+TRY_LATER_451 = "451 4.3.0 Temporary local problem; please try again later"
+TOO_MANY_452 = "452 4.5.3 Too many recipients"
+MAX_RECIPIENTS = 100
+
+
+class GatewayHandler:
+    def __init__(self, config: Callable[[], Config], inbox: Inbox) -> None:
+        self._config = config
+        self._inbox = inbox
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        local, sep, domain = address.rpartition("@")
+        if not sep or not local or not domain:
+            return BAD_ADDRESS_553
+        if self._config().school_for_domain(domain) is None:
+            log.info("refused relay from %s to a foreign domain", session.peer)
+            return NOT_OURS_550
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return TOO_MANY_452
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        config = self._config()
+        raw = envelope.original_content or b""
+        if len(raw) > config.smtp.max_message_size:
+            return TOO_BIG_552
+        groups: dict[str, list[str]] = {}
+        for rcpt in envelope.rcpt_tos:
+            school = config.school_for_domain(rcpt.rpartition("@")[2])
+            if school is not None:
+                groups.setdefault(school.id, []).append(rcpt.lower())
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        try:
+            for school_id, rcpts in groups.items():
+                await self._inbox.receive(Incoming(
+                    raw=raw, mail_from=(envelope.mail_from or "").strip("<>"), rcpt_tos=tuple(rcpts),
+                    school=school_id, peer=peer, helo=session.host_name))
+        except Exception:  # noqa: BLE001 - the client learns only that it should retry
+            log.exception("could not store a message from %s", peer)
+            return TRY_LATER_451
+        return QUEUED_250
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("SMTP session error: %s", error.__class__.__name__)
+        return "421 4.3.0 Temporary local problem; closing connection"
+
+
+async def start_server(config: Callable[[], Config], inbox: Inbox) -> asyncio.Server:
+    """The listener, on the daemon's own event loop (no Controller thread)."""
+    cfg = config()
+    handler = GatewayHandler(config, inbox)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> SMTP:
+        return SMTP(handler, hostname=cfg.smtp.hostname, ident="parentgate ESMTP",
+                    data_size_limit=cfg.smtp.max_message_size, decode_data=False, enable_SMTPUTF8=True,
+                    loop=loop)
+
+    return await loop.create_server(factory, host=cfg.smtp.host, port=cfg.smtp.port, reuse_address=True)

@@ -1,0 +1,180 @@
+"""Operator actions used by the CLI (and any future console): release, review, requeue, listings, families.
+
+Each action is one transaction through the state machine's door, so every action is an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from gateway.domain.states import State
+from gateway.store import memory
+from gateway.store.models import EventRow, FamilyRow, MessageRow, OutboxRow
+from gateway.store.queue import transition
+from gateway.workers.delivery import requeue as requeue_message
+from gateway.workers.dispatch import complete_if_done, session_add_staff_rows
+from gateway.workers.release import release_now
+from gateway.workers.runtime import Runtime
+
+TERMINAL = (State.DELIVERED.value, State.FORWARDED.value, State.DISMISSED.value)
+
+
+class ServiceError(Exception):
+    """An operator asked for something that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    id: int
+    school: str
+    state: str
+    route: str | None
+    mail_from: str
+    rcpts: tuple[str, ...]
+    received_at: datetime
+    release_at: datetime | None
+    flags: tuple[str, ...]
+    reasons: tuple[tuple[str, str], ...]
+    family: str | None
+    note: str | None
+
+
+def _summary(row: MessageRow) -> MessageSummary:
+    return MessageSummary(
+        id=row.id, school=row.school, state=row.state, route=row.route, mail_from=row.mail_from,
+        rcpts=tuple(row.rcpt_tos), received_at=row.received_at, release_at=row.release_at,
+        flags=tuple(row.flags or ()), reasons=tuple((r.get("rule", ""), r.get("evidence", "")) for r in row.reasons or ()),
+        family=row.family, note=row.note)
+
+
+def list_messages(rt: Runtime, state: str | None = None, limit: int = 500) -> list[MessageSummary]:
+    def run(session: Session) -> list[MessageSummary]:
+        query = select(MessageRow)
+        if state:
+            query = query.where(MessageRow.state == state)
+        query = query.order_by(MessageRow.id.desc() if not state else MessageRow.id).limit(limit)
+        return [_summary(r) for r in session.scalars(query)]
+    return rt.db.transact(run)
+
+
+def state_counts(rt: Runtime) -> dict[str, int]:
+    return rt.db.transact(lambda s: {k: int(v) for k, v in s.execute(
+        select(MessageRow.state, func.count()).group_by(MessageRow.state))})
+
+
+def release(rt: Runtime, ids: list[int] | None) -> list[int]:
+    def run(session: Session) -> list[int]:
+        if ids is not None:
+            for message_id in ids:
+                row = session.get(MessageRow, message_id)
+                if row is None:
+                    raise ServiceError(f"no message {message_id}")
+                if row.state != State.HELD.value:
+                    raise ServiceError(f"message {message_id} is {row.state}, not held")
+        return release_now(session, rt, ids)
+    return rt.db.transact(run)
+
+
+def _in_review(session: Session, message_id: int) -> MessageRow:
+    row = session.get(MessageRow, message_id)
+    if row is None:
+        raise ServiceError(f"no message {message_id}")
+    if row.state != State.IN_REVIEW.value:
+        raise ServiceError(f"message {message_id} is {row.state}, not in review")
+    return row
+
+
+def review_release(rt: Runtime, message_id: int, actor: str, note: str = "") -> str:
+    """The Head of School lets it through: to the addressed staff, held if the school is closed."""
+    def run(session: Session) -> str:
+        row = _in_review(session, message_id)
+        now = rt.clock.now()
+        calendar = rt.config.school(row.school).calendar
+        try:
+            release_at = calendar.release_time(now)
+        except ValueError:
+            release_at = None
+        reason = f"released by {actor}" + (f": {note}" if note else "")
+        if release_at is not None:
+            transition(session, row, State.HELD, actor=actor, now=now, reason=reason, release_at=release_at,
+                       note=note or row.note)
+            return f"held until {release_at.isoformat()}"
+        transition(session, row, State.QUEUED, actor=actor, now=now, reason=reason, note=note or row.note)
+        session_add_staff_rows(session, row, rt.config, now)
+        complete_if_done(session, row, now, actor)
+        return "queued for delivery"
+    return rt.db.transact(run)
+
+
+def review_dismiss(rt: Runtime, message_id: int, actor: str, note: str) -> None:
+    """The Head of School keeps it: not delivered, kept with the note."""
+    if not note.strip():
+        raise ServiceError("a dismissal needs a --note saying why")
+
+    def run(session: Session) -> None:
+        row = _in_review(session, message_id)
+        transition(session, row, State.DISMISSED, actor=actor, now=rt.clock.now(),
+                   reason=f"dismissed by {actor}: {note}", note=note)
+    rt.db.transact(run)
+
+
+def requeue(rt: Runtime, message_id: int, actor: str) -> int:
+    def run(session: Session) -> int:
+        row = session.get(MessageRow, message_id)
+        if row is None:
+            raise ServiceError(f"no message {message_id}")
+        now = rt.clock.now()
+        if row.state == State.QUARANTINED.value:
+            transition(session, row, State.RECEIVED, actor=actor, now=now, reason="requeued from quarantine")
+            return 1
+        if row.state != State.FAILED.value:
+            raise ServiceError(f"message {message_id} is {row.state}; only failed or quarantined mail is requeued")
+        return requeue_message(session, row, actor=actor, now=now)
+    return rt.db.transact(run)
+
+
+def events(rt: Runtime, message_id: int) -> list[tuple[datetime, str | None, str, str, str]]:
+    return rt.db.transact(lambda s: [(e.at, e.from_state, e.to_state, e.actor, e.reason) for e in s.scalars(
+        select(EventRow).where(EventRow.message == message_id).order_by(EventRow.id))])
+
+
+def school_aliases(rt: Runtime) -> dict[str, str]:
+    """CSV `school` values we accept: the id, any domain, or a domain's first label."""
+    aliases: dict[str, str] = {}
+    for school in rt.config.schools:
+        for domain in school.domains:
+            aliases[domain] = school.id
+            aliases[domain.split(".")[0]] = school.id
+        aliases[school.id] = school.id
+    return aliases
+
+
+def import_families(rt: Runtime, text: str) -> dict[str, int]:
+    aliases = school_aliases(rt)
+    try:
+        return rt.db.transact(lambda s: memory.import_families(s, text, {s_.id for s_ in rt.config.schools}, aliases))
+    except memory.ImportProblem as exc:
+        raise ServiceError(str(exc)) from None
+
+
+def show_family(rt: Runtime, key: str) -> list[FamilyRow]:
+    return rt.db.transact(lambda s: memory.family_members(s, key))
+
+
+def purge_expired(rt: Runtime) -> int:
+    """Retention: finished messages older than `gateway.retention` are deleted with their events."""
+    cutoff = rt.clock.now() - rt.config.gateway.retention
+
+    def run(session: Session) -> int:
+        ids = list(session.scalars(select(MessageRow.id).where(
+            MessageRow.state.in_(TERMINAL), MessageRow.updated_at < cutoff).limit(5000)))
+        if ids:
+            session.execute(delete(EventRow).where(EventRow.message.in_(ids)))
+            session.execute(delete(OutboxRow).where(OutboxRow.message.in_(ids)))
+            session.execute(delete(MessageRow).where(MessageRow.id.in_(ids)))
+        return len(ids)
+    return rt.db.transact(run)

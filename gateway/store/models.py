@@ -1,0 +1,183 @@
+"""The database schema (SQLAlchemy 2). The store package is the only user of SQLAlchemy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+from datetime import timezone
+from typing import Any
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, whatever the backend stores (SQLite keeps naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(8))
+    mailbox: Mapped[str | None] = mapped_column(String(255))
+    folder: Mapped[str | None] = mapped_column(String(255))
+    mail_from: Mapped[str] = mapped_column(String(512))
+    rcpt_tos: Mapped[list[str]] = mapped_column(JSON)
+    peer: Mapped[str | None] = mapped_column(String(128))
+    helo: Mapped[str | None] = mapped_column(String(255))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(998))
+    state: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    release_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    route: Mapped[str | None] = mapped_column(String(16))
+    tone: Mapped[str | None] = mapped_column(String(16))
+    flags: Mapped[list[str] | None] = mapped_column(JSON)
+    reasons: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    rules_digest: Mapped[str | None] = mapped_column(String(64))
+    family: Mapped[str | None] = mapped_column(String(320))
+    half_term: Mapped[str | None] = mapped_column(String(64))
+    counted: Mapped[int] = mapped_column(Integer, default=0)
+    thread_id: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_messages_state", "state", "id"),
+        Index("ix_messages_release", "state", "release_at"),
+        Index("ix_messages_message_id", "message_id"),
+        Index("ix_messages_family", "school", "family", "half_term"),
+        Index("ix_messages_thread", "thread_id"),
+        Index("ix_messages_mailbox", "mailbox", "sha256"),
+    )
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_events_message", "message", "id"),)
+
+
+class OutboxRow(Base):
+    """One outbound action of a message: a delivery, a copy, an acknowledgement, a notice, an IMAP move."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    mail_from: Mapped[str] = mapped_column(String(512))
+    rcpts: Mapped[list[str]] = mapped_column(JSON)
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(512))
+    ack_sender: Mapped[str | None] = mapped_column(String(320))
+    ack_kind: Mapped[str | None] = mapped_column(String(16))
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "not_before"),
+        Index("ix_outbox_message", "message"),
+        Index("ix_outbox_ack", "ack_sender", "ack_kind"),
+    )
+
+
+class AckRow(Base):
+    """Acknowledgements handed to delivery: the RFC 3834 once-per-period memory."""
+
+    __tablename__ = "acknowledgements"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(16))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    message: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_ack_sender", "sender", "kind", "sent_at"),)
+
+
+class FamilyRow(Base):
+    """One parent address for one child, as imported from the school's CSV."""
+
+    __tablename__ = "families"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    family_id: Mapped[str] = mapped_column(String(128))
+    email: Mapped[str] = mapped_column(String(320))
+    parent_name: Mapped[str] = mapped_column(String(255), default="")
+    child_name: Mapped[str] = mapped_column(String(255), default="")
+    year_group: Mapped[str] = mapped_column(String(64), default="")
+
+    __table_args__ = (Index("ix_families_email", "email"), Index("ix_families_family", "school", "family_id"))
+
+
+class ThreadRow(Base):
+    __tablename__ = "threads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    family: Mapped[str] = mapped_column(String(320))
+    subject_key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_threads_key", "school", "family", "subject_key"),)
+
+
+class CheckpointRow(Base):
+    """IMAP bookkeeping: (uidvalidity, last_uid) committed with the messages it covers."""
+
+    __tablename__ = "imap_checkpoints"
+
+    mailbox: Mapped[str] = mapped_column(String(255), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    ok: Mapped[int] = mapped_column(Integer, default=1)
+    detail: Mapped[str] = mapped_column(String(512), default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("mailbox"),)

@@ -1,0 +1,127 @@
+"""The message queue: the one door for state changes (`transition`) and leased claims on rows.
+
+Every state change goes through `transition()`, which checks the table in `domain.states`, updates the
+row and appends an event in the same transaction. A claim is a lease (owner, until, claims), never a
+state: a worker that dies leaves a lease that expires, and a row whose lease expired three times is
+quarantined for a human instead of crashing workers forever (Mailman's shunt queue).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from gateway.domain.states import OutboxState, State, allowed
+from gateway.store.models import EventRow, MessageRow, OutboxRow
+
+log = logging.getLogger("parentgate.queue")
+MAX_CLAIMS = 3
+
+
+class TransitionError(Exception):
+    """A state change the table does not allow: a bug or a race, never silently applied."""
+
+
+def transition(session: Session, row: MessageRow, to: State, *, actor: str, now: datetime, reason: str = "",
+               **changes: Any) -> None:
+    src = State(row.state)
+    if not allowed(src, to):
+        raise TransitionError(f"message {row.id}: {src.value} -> {to.value} is not allowed")
+    for key, value in changes.items():
+        setattr(row, key, value)
+    row.state = to.value
+    row.updated_at = now
+    row.lease_owner = None
+    row.lease_until = None
+    if to is not State.QUARANTINED:
+        row.claims = 0
+    session.add(EventRow(message=row.id, from_state=src.value, to_state=to.value, at=now, actor=actor,
+                         reason=reason[:2000]))
+    # One log line per transition, starting with the message id; never the content.
+    log.info("message %s %s -> %s by %s%s", row.id, src.value, to.value, actor,
+             f" ({reason[:200]})" if reason else "")
+
+
+def record_received(session: Session, row: MessageRow, *, actor: str, now: datetime) -> None:
+    """The first event of a message: it exists, durably, in state received."""
+    session.add(EventRow(message=row.id, from_state=None, to_state=State.RECEIVED.value, at=now, actor=actor,
+                         reason=f"{row.size} bytes from {row.source}"))
+    log.info("message %s received via %s (%d bytes, message-id %s)", row.id, row.source, row.size,
+             row.message_id or "-")
+
+
+def _lease_free(model: Any, now: datetime) -> Any:
+    return or_(model.lease_until.is_(None), model.lease_until < now)
+
+
+def claim_messages(session: Session, state: State, *, owner: str, now: datetime, lease: timedelta,
+                   limit: int, due_before: datetime | None = None) -> list[MessageRow]:
+    """Lease up to `limit` rows in `state` (oldest first). FOR UPDATE SKIP LOCKED on PostgreSQL."""
+    query = select(MessageRow).where(MessageRow.state == state.value, _lease_free(MessageRow, now))
+    if due_before is not None:
+        query = query.where(MessageRow.release_at <= due_before)
+    query = query.order_by(MessageRow.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = list(session.scalars(query))
+    claimed: list[MessageRow] = []
+    for row in rows:
+        if row.claims >= MAX_CLAIMS:
+            transition(session, row, State.QUARANTINED, actor=owner, now=now,
+                       reason=f"lease expired {row.claims} times; kept for a human")
+            continue
+        row.lease_owner, row.lease_until, row.claims = owner, now + lease, row.claims + 1
+        claimed.append(row)
+    return claimed
+
+
+def claim_outbox(session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int,
+                 kinds: tuple[str, ...] | None = None) -> list[OutboxRow]:
+    """Lease due outbox rows. Fresh rows and due retries share one ordering by `not_before`, so
+    a backlog of retries never starves new mail (Postfix's active queue)."""
+    query = select(OutboxRow).where(
+        OutboxRow.state.in_((OutboxState.PENDING.value, OutboxState.DEFERRED.value)),
+        OutboxRow.not_before <= now, _lease_free(OutboxRow, now))
+    if kinds:
+        query = query.where(OutboxRow.kind.in_(kinds))
+    # IMAP moves of one message run in the order they were planned (held, then back home), never
+    # side by side, or a release could overtake the move it undoes.
+    earlier = aliased(OutboxRow)
+    query = query.where(or_(OutboxRow.kind != "imap_move", ~exists().where(
+        earlier.message == OutboxRow.message, earlier.kind == "imap_move", earlier.id < OutboxRow.id,
+        earlier.state.in_((OutboxState.PENDING.value, OutboxState.DEFERRED.value)))))
+    query = query.order_by(OutboxRow.not_before, OutboxRow.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = list(session.scalars(query))
+    for row in rows:
+        row.lease_owner, row.lease_until = owner, now + lease
+    return rows
+
+
+def clear_leases(session: Session, owner: str | None = None) -> int:
+    """Drop leases: all of one owner's (its own restart), or every lease (a single SQLite gateway)."""
+    total = 0
+    for model in (MessageRow, OutboxRow):
+        stmt = update(model).where(model.lease_owner.is_not(None))
+        if owner is not None:
+            stmt = stmt.where(model.lease_owner == owner)
+        result = session.execute(stmt.values(lease_owner=None, lease_until=None))
+        total += int(getattr(result, "rowcount", 0) or 0)
+    return total
+
+
+def next_due(session: Session, now: datetime) -> datetime | None:
+    """When the next outbox row or held message falls due (for the scheduler to sleep until)."""
+    out = session.scalar(select(OutboxRow.not_before).where(
+        OutboxRow.state.in_((OutboxState.PENDING.value, OutboxState.DEFERRED.value)))
+        .order_by(OutboxRow.not_before).limit(1))
+    held = session.scalar(select(MessageRow.release_at).where(
+        and_(MessageRow.state == State.HELD.value, MessageRow.release_at.is_not(None)))
+        .order_by(MessageRow.release_at).limit(1))
+    candidates = [t for t in (out, held) if t is not None]
+    return min(candidates) if candidates else None

@@ -1,0 +1,201 @@
+"""The delivery worker: sends due outbox rows with bounded concurrency and records each outcome.
+
+Temporary failures are deferred with capped backoff until the lifetime is over, then fail with a notice
+to the postmaster; permanent failures fail at once with a notice. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Awaitable, Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.act.compose import compose_failure_notice
+from gateway.act.transport import Outcome, Transport
+from gateway.decide.acknowledge import make_message_id
+from gateway.decide.retry import RetryPolicy, next_attempt
+from gateway.domain.states import OutboxState, State
+from gateway.store import memory
+from gateway.store.models import MessageRow, OutboxRow
+from gateway.store.queue import claim_outbox, transition
+from gateway.triage.facts import parse_message
+from gateway.workers.dispatch import DELIVERY_KINDS, complete_if_done, outbox_row, trace_header
+from gateway.workers.runtime import Runtime, Wakeup
+
+log = logging.getLogger("parentgate.delivery")
+LEASE = timedelta(minutes=5)
+MoveFn = Callable[["Job"], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class Job:
+    outbox_id: int
+    message_id: int
+    kind: str
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+    params: dict[str, object]
+    message_header_id: str | None
+    sha256: str
+    folder: str | None
+
+
+class DeliveryWorker:
+    def __init__(self, rt: Runtime, transport: Transport, *, mover: MoveFn | None = None) -> None:
+        self.rt = rt
+        self.transport = transport
+        self.mover = mover
+        self.wakeup = Wakeup()
+        self._stopping = False
+
+    def policy(self) -> RetryPolicy:
+        d = self.rt.config.delivery
+        return RetryPolicy(d.retry_first_delay, d.retry_max_delay, d.lifetime)
+
+    async def run_once(self) -> int:
+        """Claim and attempt one batch of due rows (used by tests and the CLI)."""
+        jobs = await self.rt.db.run(lambda s: _claim(s, self.rt, self.rt.config.delivery.concurrency))
+        if not jobs:
+            return 0
+        outcomes = await asyncio.gather(*(self._attempt(job) for job in jobs))
+        await self.rt.db.run(lambda s: self._record(s, list(zip(jobs, outcomes))))
+        return len(jobs)
+
+    async def run_until_idle(self) -> int:
+        total = 0
+        while n := await self.run_once():
+            total += n
+        return total
+
+    async def run(self) -> None:
+        """Until stopped: keep up to `concurrency` attempts in flight; record outcomes in groups."""
+        limit = self.rt.config.delivery.concurrency
+        in_flight: dict[asyncio.Task[Outcome], Job] = {}
+        while not (self._stopping and not in_flight):
+            if not self._stopping and len(in_flight) < limit:
+                room = limit - len(in_flight)
+                jobs = await self.rt.db.run(lambda s: _claim(s, self.rt, room))
+                for job in jobs:
+                    in_flight[asyncio.create_task(self._attempt(job))] = job
+            if not in_flight:
+                await self.wakeup.wait(1.0)
+                continue
+            waker = asyncio.create_task(self.wakeup.wait(1.0))
+            done, _ = await asyncio.wait([*in_flight, waker], return_when=asyncio.FIRST_COMPLETED)
+            if waker not in done:
+                waker.cancel()
+            finished = [(in_flight.pop(t), t.result()) for t in done if t is not waker]
+            if finished:
+                await self.rt.db.run(lambda s: self._record(s, finished))
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wakeup.set()
+
+    async def _attempt(self, job: Job) -> Outcome:
+        try:
+            if job.kind == "imap_move":
+                if self.mover is None:
+                    return Outcome(ok=False, temporary=True, detail="IMAP mode is not running")
+                return await self.mover(job)
+            return await self.transport.send(job.mail_from, job.rcpts, job.data)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error is a temporary failure, retried
+            log.exception("outbox %s: delivery attempt raised", job.outbox_id)
+            return Outcome(ok=False, temporary=True, detail=f"internal error: {exc.__class__.__name__}")
+
+    def _record(self, session: Session, results: list[tuple[Job, Outcome]]) -> None:
+        now = self.rt.clock.now()
+        for job, outcome in results:
+            row = session.get(OutboxRow, job.outbox_id)
+            if row is None or row.state not in (OutboxState.PENDING.value, OutboxState.DEFERRED.value):
+                continue
+            row.lease_owner, row.lease_until = None, None
+            row.attempts += 1
+            row.first_attempt_at = row.first_attempt_at or now
+            message = session.get(MessageRow, row.message)
+            if outcome.ok:
+                self._sent(session, row, message, outcome, now)
+                continue
+            row.last_error = outcome.detail[:500]
+            retry = next_attempt(row.first_attempt_at, row.attempts, now, self.policy()) if outcome.temporary else None
+            if retry is not None:
+                row.state, row.not_before = OutboxState.DEFERRED.value, retry
+                log.info("outbox %s (message %s, %s) deferred until %s: %s", row.id, row.message, row.kind,
+                         retry.isoformat(), outcome.detail[:120])
+                continue
+            row.state, row.finished_at = OutboxState.FAILED.value, now
+            log.warning("outbox %s (message %s, %s) failed after %d attempt(s): %s", row.id, row.message,
+                        row.kind, row.attempts, outcome.detail[:120])
+            if row.kind != "notice":
+                self._notify_postmaster(session, row, message, row.rcpts, outcome.detail, now)
+            if message is not None:
+                complete_if_done(session, message, now, self.rt.owner)
+
+    def _sent(self, session: Session, row: OutboxRow, message: MessageRow | None, outcome: Outcome,
+              now: datetime) -> None:
+        row.state, row.finished_at, row.last_error = OutboxState.SENT.value, now, None
+        if row.kind == "ack" and row.ack_sender and row.ack_kind and message is not None:
+            # Written only now that the reply has been handed on (issue: "after the reply was handed
+            # to delivery"), so a failed reply does not silence the next one.
+            memory.record_acknowledgement(session, school=message.school, sender=row.ack_sender,
+                                          kind=row.ack_kind, now=now, message=message.id)
+        if row.kind == "imap_move" and message is not None and row.params:
+            message.folder = str(row.params.get("to"))
+        if outcome.refused and row.kind != "notice":
+            self._notify_postmaster(session, row, message, list(outcome.refused), "recipient refused", now)
+        if message is not None:
+            complete_if_done(session, message, now, self.rt.owner)
+
+    def _notify_postmaster(self, session: Session, row: OutboxRow, message: MessageRow | None,
+                           rcpts: list[str], error: str, now: datetime) -> None:
+        if message is None:
+            return
+        config = self.rt.config
+        data = compose_failure_notice(
+            original=parse_message(message.raw), message_ref=str(message.id), to_addr=config.gateway.postmaster,
+            from_addr=config.gateway.postmaster, recipients=rcpts, error=error, attempts=row.attempts, now=now,
+            message_id=make_message_id(config.smtp.hostname, uuid.uuid4().hex))
+        session.add(outbox_row(message, "notice", mail_from="", rcpts=[config.gateway.postmaster], now=now,
+                               payload=data))
+
+
+def _claim(session: Session, rt: Runtime, limit: int) -> list[Job]:
+    if limit <= 0:
+        return []
+    rows = claim_outbox(session, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=limit)
+    jobs: list[Job] = []
+    cache: dict[int, MessageRow | None] = {}
+    for row in rows:
+        if row.message not in cache:
+            cache[row.message] = session.get(MessageRow, row.message)
+        message = cache[row.message]
+        if message is None:
+            continue
+        if row.payload is not None:
+            data = row.payload
+        else:
+            data = trace_header(message, rt.config.smtp.hostname) + message.raw
+        jobs.append(Job(outbox_id=row.id, message_id=message.id, kind=row.kind, mail_from=row.mail_from,
+                        rcpts=list(row.rcpts), data=data if row.kind != "imap_move" else b"",
+                        params=dict(row.params or {}), message_header_id=message.message_id, sha256=message.sha256,
+                        folder=message.folder))
+    return jobs
+
+
+def requeue(session: Session, message: MessageRow, *, actor: str, now: datetime) -> int:
+    """A failed message goes back to the queue: its failed delivery rows are tried afresh."""
+    rows = list(session.scalars(select(OutboxRow).where(OutboxRow.message == message.id,
+                                                        OutboxRow.kind.in_(DELIVERY_KINDS),
+                                                        OutboxRow.state == OutboxState.FAILED.value)))
+    for row in rows:
+        row.state, row.attempts, row.first_attempt_at, row.not_before = OutboxState.PENDING.value, 0, None, now
+        row.finished_at, row.last_error = None, None
+    transition(session, message, State.QUEUED, actor=actor, now=now, reason=f"requeued {len(rows)} delivery row(s)")
+    return len(rows)

@@ -1,0 +1,96 @@
+"""Outbox rows for a message's deliveries, and the message's completion when its rows are done.
+
+SMTP-received mail is delivered onward; IMAP mail already sits in the teacher's mailbox, so for it
+"deliver" means "leave it, or move it back, in the watched folder" and copies go out over SMTP.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from email.utils import format_datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.config import Config
+from gateway.decide.plan import Delivery
+from gateway.domain.findings import Route
+from gateway.domain.states import OutboxState, State
+from gateway.store.models import MessageRow, OutboxRow
+from gateway.store.queue import transition
+
+DELIVERY_KINDS = ("deliver", "copy", "imap_move")
+
+
+def outbox_row(message: MessageRow, kind: str, *, mail_from: str, rcpts: list[str], now: datetime,
+               payload: bytes | None = None, params: dict[str, object] | None = None,
+               ack_sender: str | None = None, ack_kind: str | None = None) -> OutboxRow:
+    return OutboxRow(message=message.id, kind=kind, mail_from=mail_from, rcpts=rcpts, payload=payload,
+                     params=params, state=OutboxState.PENDING.value, not_before=now, created_at=now,
+                     attempts=0, ack_sender=ack_sender, ack_kind=ack_kind)
+
+
+def imap_move(message: MessageRow, config: Config, to_key: str, now: datetime, *, unseen: bool = False) -> OutboxRow:
+    mailbox = next(m for m in config.mailboxes if m.name == message.mailbox)
+    folder = {"held": mailbox.held_folder, "review": mailbox.review_folder, "home": mailbox.folder}[to_key]
+    return outbox_row(message, "imap_move", mail_from="", rcpts=[], now=now,
+                      params={"mailbox": mailbox.name, "to": folder, "unseen": unseen})
+
+
+def enqueue(session: Session, message: MessageRow, deliveries: tuple[Delivery, ...], config: Config,
+            now: datetime) -> int:
+    """Rows for the plan's immediate deliveries. Returns how many rows were added."""
+    rows: list[OutboxRow] = []
+    for delivery in deliveries:
+        if delivery.kind == "deliver":
+            rows.extend(staff_rows(message, config, now))
+        else:
+            # Copies to the office and DSL bounce to the postmaster, never back to the parent.
+            rows.append(outbox_row(message, "copy", mail_from=config.gateway.postmaster,
+                                   rcpts=list(delivery.rcpts), now=now))
+    session.add_all(rows)
+    return len(rows)
+
+
+def session_add_staff_rows(session: Session, message: MessageRow, config: Config, now: datetime) -> None:
+    session.add_all(staff_rows(message, config, now))
+
+
+def staff_rows(message: MessageRow, config: Config, now: datetime) -> list[OutboxRow]:
+    if message.source == "imap":
+        home = next((m.folder for m in config.mailboxes if m.name == message.mailbox), None)
+        if message.folder == home:
+            return []
+        return [imap_move(message, config, "home", now, unseen=True)]
+    return [outbox_row(message, "deliver", mail_from=message.mail_from, rcpts=list(message.rcpt_tos), now=now)]
+
+
+def complete_if_done(session: Session, message: MessageRow, now: datetime, actor: str) -> None:
+    """A queued message whose delivery rows are all sent is delivered (forwarded when only copies went)."""
+    if message.state != State.QUEUED.value:
+        return
+    rows = list(session.scalars(select(OutboxRow).where(OutboxRow.message == message.id,
+                                                        OutboxRow.kind.in_(DELIVERY_KINDS))))
+    if any(r.state in (OutboxState.PENDING.value, OutboxState.DEFERRED.value) for r in rows):
+        return
+    if any(r.state == OutboxState.FAILED.value for r in rows):
+        transition(session, message, State.FAILED, actor=actor, now=now, reason="a delivery failed")
+        return
+    done = State.FORWARDED if message.route == Route.OFFICE.value else State.DELIVERED
+    transition(session, message, done, actor=actor, now=now)
+
+
+def trace_header(message: MessageRow, hostname: str) -> bytes:
+    """The Received: line we add on delivery (RFC 5321 §4.4), so the hop is visible downstream."""
+    helo = _clean(message.helo or "unknown")
+    peer = _clean(message.peer or "unknown")
+    source = "ESMTP" if message.source == "smtp" else "IMAP"
+    rcpt = f"\r\n\tfor <{_clean(message.rcpt_tos[0])}>" if len(message.rcpt_tos) == 1 else ""
+    when = format_datetime(message.received_at.astimezone(timezone.utc))
+    text = (f"Received: from {helo} ({peer})\r\n\tby {_clean(hostname)} (parentgate) with {source} "
+            f"id pg{message.id}{rcpt}; {when}\r\n")
+    return text.encode("ascii", "replace")
+
+
+def _clean(value: str) -> str:
+    return "".join(c for c in value if 32 < ord(c) < 127 and c not in "()<>;")[:200] or "unknown"

@@ -1,0 +1,157 @@
+"""The triage worker: received → triaged → held | in_review | queued, with the outbox rows the plan needs.
+
+Parsing and the content rules run off the database thread (they are pure CPU work); the counts, the
+decision and every write happen in one transaction per batch, so a crash leaves each message either
+untouched (its lease expires and another claim picks it up) or fully triaged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Callable
+
+from sqlalchemy.orm import Session
+
+from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
+from gateway.decide.acknowledge import make_message_id, template_for
+from gateway.domain.states import State
+from gateway.store import memory
+from gateway.store.models import MessageRow
+from gateway.store.queue import claim_messages, transition
+from gateway.workers.dispatch import complete_if_done, enqueue, imap_move, outbox_row
+from gateway.workers.evaluate import Evaluation, Judged, evaluate, judge
+from gateway.workers.runtime import Runtime
+
+log = logging.getLogger("parentgate.triage")
+LEASE = timedelta(minutes=2)
+BATCH = 64
+
+
+class TriageWorker:
+    def __init__(self, rt: Runtime, *, judge_fn: Callable[[bytes], Judged] | None = None) -> None:
+        self.rt = rt
+        self._judge = judge_fn
+
+    async def run_once(self) -> int:
+        """Triage one batch of received messages; returns how many were claimed."""
+        rt = self.rt
+        rows = await rt.db.run(lambda s: _claim(s, rt))
+        if not rows:
+            return 0
+        rules = rt.rules
+        judged = await asyncio.to_thread(_judge_all, [r.raw for r in rows], self._judge or (lambda raw: judge(raw, rules)))
+        await rt.db.run(lambda s: self._apply_all(s, [r.id for r in rows], judged))
+        rt.wake_delivery()
+        return len(rows)
+
+    async def run_until_idle(self) -> int:
+        total = 0
+        while n := await self.run_once():
+            total += n
+        return total
+
+    def _apply_all(self, session: Session, ids: list[int], judged: list[Judged | BaseException]) -> None:
+        now = self.rt.clock.now()
+        for message_id, result in zip(ids, judged):
+            row = session.get(MessageRow, message_id)
+            if row is None or row.state != State.RECEIVED.value or row.lease_owner != self.rt.owner:
+                continue
+            if isinstance(result, BaseException):
+                # Leave the lease in place: the claim count rises each time, and after three the
+                # message is quarantined for a human rather than retried for ever.
+                log.error("message %s could not be triaged: %s", row.id, result.__class__.__name__)
+                continue
+            try:
+                with session.begin_nested():
+                    apply_triage(session, self.rt, row, result, now)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the batch
+                log.exception("message %s could not be triaged", row.id)
+
+
+def _claim(session: Session, rt: Runtime) -> list[MessageRow]:
+    return claim_messages(session, State.RECEIVED, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=BATCH)
+
+
+def _judge_all(raws: list[bytes], fn: Callable[[bytes], Judged]) -> list[Judged | BaseException]:
+    results: list[Judged | BaseException] = []
+    for raw in raws:
+        try:
+            results.append(fn(raw))
+        except Exception as exc:  # noqa: BLE001 - recorded per message, see _apply_all
+            results.append(exc)
+    return results
+
+
+def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged, now: datetime) -> Evaluation:
+    config = rt.config
+    school = config.school(row.school)
+    ev = evaluate(session, config=config, rules=rt.rules, school=school, judged=judged, mail_from=row.mail_from,
+                  rcpts=tuple(row.rcpt_tos), received_at=row.received_at, now=now, create_thread=True)
+    findings = ev.findings
+    transition(session, row, State.TRIAGED, actor=rt.owner, now=now,
+               reason=f"route {ev.route.value}; " + (", ".join(r.rule for r in findings.reasons) or "no findings"),
+               route=ev.route.value, tone=findings.tone.value, flags=list(findings.flags),
+               reasons=[{"rule": r.rule, "flag": r.flag.value, "evidence": r.evidence} for r in findings.reasons],
+               rules_digest=rt.rules.digest, family=ev.family.key, half_term=ev.half_term_key,
+               counted=1 if ev.counted else 0, thread_id=ev.thread_id)
+    plan = ev.plan
+    why = plan.note or {State.HELD: f"school closed ({plan.closure})", State.IN_REVIEW: "for the Head of School",
+                        State.QUEUED: "deliver now"}.get(plan.state, "")
+    transition(session, row, plan.state, actor=rt.owner, now=now, reason=why, release_at=plan.release_at)
+    enqueue(session, row, plan.deliveries, config, now)
+    if row.source == "imap" and plan.state in (State.HELD, State.IN_REVIEW):
+        session.add(imap_move(row, config, "held" if plan.state is State.HELD else "review", now))
+    if plan.review_summary:
+        _add_review_summary(session, rt, row, ev, now)
+    if ev.ack is not None:
+        _add_acknowledgement(session, rt, row, ev, now)
+    complete_if_done(session, row, now, rt.owner)
+    return ev
+
+
+def _add_acknowledgement(session: Session, rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> None:
+    assert ev.ack is not None
+    school, calendar = ev.school, ev.school.calendar
+    tz = calendar.tz
+    at = row.received_at
+    closure = calendar.closure(at)
+    try:
+        reopen = None if closure == "open" else calendar.next_opening(at).astimezone(tz).date()
+        reply_by = calendar.reply_by(at, rt.config.acknowledge.respond_within)
+    except ValueError:
+        reopen, reply_by = None, at.astimezone(tz).date()
+    local_day = at.astimezone(tz).date()
+    body = render_acknowledgement(
+        rt.templates_dir, template_for(ev.ack, closure), school_name=school.name,
+        parent_name=ev.facts.from_name or None, reply_by=reply_by, reopen_date=reopen,
+        break_name=calendar.break_name(local_day) if closure == "holiday" else None,
+        office_phone=school.office_phone, now=now.astimezone(tz))
+    data = compose_acknowledgement(
+        original=ev.facts, to_addr=row.mail_from, from_addr=school.acknowledge_from, from_name=school.name,
+        body=body, now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex))
+    # RFC 3834 §3.3: the response goes out with a null reverse-path, so nothing ever answers it back.
+    session.add(outbox_row(row, "ack", mail_from="", rcpts=[row.mail_from], now=now, payload=data,
+                           ack_sender=ev.sender, ack_kind=ev.ack.value))
+
+
+def _add_review_summary(session: Session, rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> None:
+    school = ev.school
+    findings = ev.findings
+    family = ev.family.label if ev.family.known else ev.family.key
+    data = compose_review_summary(
+        original_raw=row.raw, original=ev.facts, to_addr=school.head_of_school,
+        from_addr=rt.config.gateway.postmaster, school_name=school.name,
+        reasons=[(r.rule, r.evidence) for r in findings.reasons], family=family,
+        family_count=findings.family_count, half_term=findings.half_term, thread_count=findings.thread_count,
+        received_at=row.received_at.astimezone(school.calendar.tz), recipients=list(row.rcpt_tos),
+        message_ref=str(row.id), now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex),
+        templates_dir=rt.templates_dir)
+    session.add(outbox_row(row, "summary", mail_from=rt.config.gateway.postmaster, rcpts=[school.head_of_school],
+                           now=now, payload=data))
+
+
+def family_label(session: Session, school: str, address: str) -> str:
+    return memory.family_for(session, school, address).label
