@@ -184,14 +184,22 @@ class InProcessGateway:
 
     async def send(self, m: EmailMessage | bytes, *, mail_from: str = "mum.patel@example.com",
                    rcpts: list[str] | None = None) -> tuple[int, str]:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.port, timeout=30, start_tls=False,
+                                 local_hostname="client.test")
+        await client.connect()
         try:
-            errors, response = await aiosmtplib.send(wire(m), sender=mail_from, recipients=rcpts or [STAFF],
-                                                     hostname="127.0.0.1", port=self.port, timeout=30)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            return exc.recipients[0].code, exc.recipients[0].message
+            await client.mail(mail_from)
+            for rcpt in rcpts or [STAFF]:
+                await client.rcpt(rcpt)
+            response = await client.data(wire(m))
+            return response.code, response.message
         except aiosmtplib.SMTPResponseException as exc:
             return exc.code, exc.message
-        return 250, response
+        finally:
+            try:
+                await client.quit()
+            except aiosmtplib.SMTPException:
+                client.close()
 
     def state_of(self, message_id: int) -> str:
         from gateway.store.models import MessageRow
