@@ -15,6 +15,7 @@ from gateway.act.transport import Transport
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.ingest.inbox import Inbox
+from gateway.imapmode import ImapMode, make_mover, submission_transport
 from gateway.ingest.smtp import start_server
 from gateway.jobs import Jobs
 from gateway.services import purge_expired
@@ -97,7 +98,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
         primary = delivery_transport(rt.config)
-        delivery = DeliveryWorker(rt, primary)
+        imap = ImapMode(rt)
+        outbound = submission_transport(rt.config)
+        delivery = DeliveryWorker(rt, primary, mover=make_mover(rt, imap.actions), outbound=outbound)
         rt.wake_delivery = delivery.wakeup.set
         rt.wake_triage = self.triage_wakeup.set
         inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set)
@@ -108,6 +111,7 @@ class Daemon:
                  asyncio.create_task(delivery.run(), name="delivery")]
         jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt))
         jobs.start()
+        imap.start()
         log.info("parentgate listening on %s:%d (%s delivery, %d school(s))", rt.config.smtp.host,
                  rt.config.smtp.port, rt.config.delivery.mode, len(rt.config.schools))
         await self.stopping.wait()
@@ -116,12 +120,14 @@ class Daemon:
         server.close()
         await server.wait_closed()
         jobs.shutdown()
-        await asyncio.sleep(0)
+        await imap.stop()
         await inbox.stop()
         delivery.stop()
         tasks[0].cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await primary.close()
+        if outbound is not None:
+            await outbound.close()
         rt.db.close()
         log.info("stopped")
         return 0

@@ -157,6 +157,7 @@ class InProcessGateway:
 
     config_path: Path
     clock: FixedClock
+    imap: bool = False
     rt: Runtime = field(init=False)
     port: int = field(init=False)
 
@@ -169,7 +170,14 @@ class InProcessGateway:
         self.server = await start_server(lambda: self.rt.config, self.inbox)
         self.transport = delivery_transport(config)
         self.triage = TriageWorker(self.rt)
-        self.delivery = DeliveryWorker(self.rt, self.transport)
+        self.imap_mode = None
+        mover = None
+        if self.imap:
+            from gateway.imapmode import ImapMode, make_mover
+            self.imap_mode = ImapMode(self.rt)
+            mover = make_mover(self.rt, self.imap_mode.actions)
+            self.imap_mode.start()
+        self.delivery = DeliveryWorker(self.rt, self.transport, mover=mover)
         return self
 
     async def settle(self) -> None:
@@ -217,6 +225,8 @@ class InProcessGateway:
             select(EventRow).where(EventRow.message == message_id).order_by(EventRow.id))])
 
     async def stop(self) -> None:
+        if self.imap_mode is not None:
+            await self.imap_mode.stop()
         self.server.close()
         await self.server.wait_closed()
         await self.inbox.stop()

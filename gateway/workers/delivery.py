@@ -48,9 +48,13 @@ class Job:
 
 
 class DeliveryWorker:
-    def __init__(self, rt: Runtime, transport: Transport, *, mover: MoveFn | None = None) -> None:
+    def __init__(self, rt: Runtime, transport: Transport, *, mover: MoveFn | None = None,
+                 outbound: Transport | None = None) -> None:
         self.rt = rt
         self.transport = transport
+        # Mail we write ourselves (acknowledgements, summaries, copies, notices) may leave through a
+        # submission server (IMAP mode); the parents' mail itself goes where [delivery] says.
+        self.outbound = outbound or transport
         self.mover = mover
         self.wakeup = Wakeup()
         self._stopping = False
@@ -105,7 +109,8 @@ class DeliveryWorker:
                 if self.mover is None:
                     return Outcome(ok=False, temporary=True, detail="IMAP mode is not running")
                 return await self.mover(job)
-            return await self.transport.send(job.mail_from, job.rcpts, job.data)
+            transport = self.transport if job.kind == "deliver" else self.outbound
+            return await transport.send(job.mail_from, job.rcpts, job.data)
         except Exception as exc:  # noqa: BLE001 - an unexpected error is a temporary failure, retried
             log.exception("outbox %s: delivery attempt raised", job.outbox_id)
             return Outcome(ok=False, temporary=True, detail=f"internal error: {exc.__class__.__name__}")
