@@ -1,0 +1,122 @@
+"""IMAP mode end to end against a real Dovecot: the daemon's watcher, store, triage and in-place moves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+
+from gateway.clock import FixedClock
+from gateway.services import release, review_release
+from tests.conftest import utc
+from tests.integration.dovecot import Dovecot, dovecot  # noqa: F401  (fixture)
+from tests.support import DOMAIN, HEAD, InProcessGateway, Sink, message, school_calendar, wait_for, wire, write_config
+
+pytestmark = [pytest.mark.dovecot, pytest.mark.timeout(120)]
+HELD, REVIEW = "Held until school opens", "With the Head of School"
+SATURDAY = utc(2026, 11, 28, 11, 0)
+TUESDAY = utc(2026, 11, 24, 10, 0)
+
+
+def mailbox_toml(server: Dovecot, user: str, password: str, name: str | None = None) -> str:
+    return (f'[[imap.mailboxes]]\nname = "{name or user}"\nschool = "oakfield"\nhost = "127.0.0.1"\n'
+            f'port = {server.port}\ntls = "none"\nusername = "{user}"\npassword = "{password}"\n'
+            f'backfill_since = 2020-01-01\n\n')
+
+
+def imap(server: Dovecot, user: str = "alice") -> IMAPClient:
+    client = IMAPClient("127.0.0.1", port=server.port, ssl=False, timeout=10)
+    client.login(user, server.users[user])
+    return client
+
+
+def count(server: Dovecot, folder: str, user: str = "alice") -> int:
+    with imap(server, user) as c:
+        if not c.folder_exists(folder):
+            return -1
+        return int(c.select_folder(folder, readonly=True)[b"EXISTS"])
+
+
+def unseen(server: Dovecot, folder: str) -> list[int]:
+    with imap(server) as c:
+        c.select_folder(folder, readonly=True)
+        return list(c.search(["UNSEEN"]))
+
+
+async def settle_until(gw: InProcessGateway, predicate, timeout: float = 10.0) -> bool:
+    async def step() -> bool:
+        await gw.settle()
+        return bool(predicate())
+
+    import asyncio
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await step():
+            return True
+        await asyncio.sleep(0.1)
+    return await step()
+
+
+@pytest.fixture
+async def closed_school(tmp_path: Path, sink: Sink, dovecot: Dovecot):
+    cfg = write_config(tmp_path, sink_port=sink.port, calendar=school_calendar(),
+                       extra=mailbox_toml(dovecot, "alice", "alicepass") + "[limits]\nlong_message_words = 60\n")
+    gw = await InProcessGateway(cfg, FixedClock(SATURDAY), imap=True).start()
+    yield gw
+    await gw.stop()
+
+
+async def test_mail_arriving_while_closed_moves_to_the_held_folder_and_back_unread_at_release(closed_school, dovecot):
+    gw = closed_school
+    assert await wait_for(lambda: count(dovecot, HELD) == 0, 10), "the held folder is created on connect"
+    with imap(dovecot) as c:
+        c.append("INBOX", wire(message(to=f"alice@{DOMAIN}", subject="PE kit")))
+    assert await settle_until(gw, lambda: count(dovecot, HELD) == 1 and count(dovecot, "INBOX") == 0, 3.0)
+    [row] = gw.messages()
+    assert row.state == "held" and row.release_at == utc(2026, 11, 30, 8, 0)
+    assert release(gw.rt, None) == [row.id]
+    assert await settle_until(gw, lambda: count(dovecot, "INBOX") == 1 and count(dovecot, HELD) == 0)
+    assert len(unseen(dovecot, "INBOX")) == 1
+    assert gw.state_of(row.id) == "delivered"
+
+
+async def test_long_message_moves_to_the_review_folder_and_the_head_gets_a_summary(closed_school, dovecot, sink):
+    gw = closed_school
+    gw.clock.set(TUESDAY)
+    assert await wait_for(lambda: count(dovecot, REVIEW) == 0, 10)
+    with imap(dovecot) as c:
+        c.append("INBOX", wire(message(sender="Parent <parent2@example.com>", to=f"alice@{DOMAIN}",
+                                       subject="Several matters",
+                                       body="I am writing about several matters this term. " * 30)))
+    assert await settle_until(gw, lambda: count(dovecot, REVIEW) == 1 and count(dovecot, "INBOX") == 0, 5.0)
+    assert await settle_until(gw, lambda: len(sink.to(HEAD)) == 1)
+    # The parent is acknowledged through the outbound route too.
+    assert len(sink.to("parent2@example.com")) == 1
+    [row] = gw.messages()
+    assert row.state == "in_review"
+    review_release(gw.rt, row.id, "head")
+    assert await settle_until(gw, lambda: count(dovecot, "INBOX") == 1 and count(dovecot, REVIEW) == 0)
+    assert gw.state_of(row.id) == "delivered"
+
+
+async def test_a_mailbox_with_a_wrong_password_never_stalls_the_others(tmp_path, sink, dovecot):
+    cfg = write_config(tmp_path, sink_port=sink.port, calendar=school_calendar(),
+                       extra=mailbox_toml(dovecot, "alice", "alicepass")
+                       + mailbox_toml(dovecot, "bob", "wrong-password"))
+    gw = await InProcessGateway(cfg, FixedClock(SATURDAY), imap=True).start()
+    try:
+        assert await wait_for(lambda: count(dovecot, HELD) == 0, 10)
+        with imap(dovecot) as c:
+            c.append("INBOX", wire(message(to=f"alice@{DOMAIN}")))
+        assert await settle_until(gw, lambda: count(dovecot, HELD) == 1, 5.0)
+        out = subprocess.run([sys.executable, "-m", "gateway", "--config", str(cfg), "imap", "status"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1
+        assert "alice: ok" in out.stdout
+        assert "bob: FAILING" in out.stdout
+    finally:
+        await gw.stop()
