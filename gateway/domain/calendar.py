@@ -227,16 +227,31 @@ class SchoolCalendar:
 
     def next_opening(self, t: datetime) -> datetime:
         """The earliest opening instant at or after `t`, in UTC."""
-        start = self._local(t).date()
-        for offset in range(SEARCH_LIMIT_DAYS):
-            d = start + timedelta(days=offset)
+        d = self._local(t).date()
+        for _ in range(SEARCH_LIMIT_DAYS):
+            d = self._term_day_from(d)
             if not self.is_school_day(d):
+                d += timedelta(days=1)
                 continue
             # Combining in the school's zone and converting gives 07:00Z in BST and 08:00Z in GMT for 08:00.
             opening = datetime.combine(d, self.open_at, tzinfo=self.tz).astimezone(UTC)
             if opening >= t:
                 return opening
+            d += timedelta(days=1)
         raise ValueError(f"no school day within {SEARCH_LIMIT_DAYS} days of {t.isoformat()}")
+
+    def _term_day_from(self, d: date) -> date:
+        """`d`, or the first day of the next half-term when `d` falls in a break before it.
+
+        A school that publishes its next term far ahead (or a long closure) must still hold mail
+        until that term starts, without walking the calendar one day at a time.
+        """
+        if not self.half_terms:
+            return d
+        i = bisect_right(self._starts, d) - 1
+        if i >= 0 and d <= self.half_terms[i].end:
+            return d
+        return self.half_terms[i + 1].start if i + 1 < len(self.half_terms) else d
 
     def release_time(self, t: datetime) -> datetime | None:
         """When mail received at `t` may be delivered: None if the school is open, else its next opening."""

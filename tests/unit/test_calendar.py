@@ -331,3 +331,13 @@ def test_inconsistent_configuration_is_rejected(settings: dict[str, object]) -> 
 def test_fixed_offset_and_utc_inputs_agree(school: SchoolCalendar) -> None:
     bst = timezone(timedelta(hours=1))
     assert school.release_time(datetime(2027, 4, 30, 18, tzinfo=bst)) == school.release_time(utc("2027-04-30T17:00Z"))
+
+
+def test_mail_in_a_long_closure_waits_for_the_first_day_of_the_next_published_term() -> None:
+    from datetime import time as _time
+    from zoneinfo import ZoneInfo as _Zone
+    cal = SchoolCalendar(tz=_Zone("Europe/London"), open_at=_time(8), close_at=_time(17), days=frozenset(range(5)),
+                         half_terms=(HalfTerm("Far future", date(2031, 1, 6), date(2031, 2, 14)),),
+                         inset_days=frozenset(), bank_holidays={})
+    t = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+    assert cal.release_time(t) == datetime(2031, 1, 6, 8, 0, tzinfo=timezone.utc)
