@@ -215,8 +215,18 @@ class ImapSession:
         with self._errors("IDLE"):
             if self._announced_changes():
                 return True
+            # Dovecot does not report, when IDLE starts, a change made after our last command (a
+            # message appended between the SEARCH and now waits for its periodic check, 30 s by
+            # default). A NOOP right before IDLE syncs the view and shrinks that window to one
+            # round trip.
+            _text_reply, noop = self._client.noop()
+            if self._changes(noop, during_idle=False):
+                return True
             self._client.idle()
             try:
+                # A change that arrived while IDLE was being set up (before the server's "+ idling")
+                # is filed with the other untagged responses, not returned by idle_check.
+                changed = self._announced_changes()
                 # Poll the socket and the wake pipe together, so wake() needs no socket tricks.
                 poller = select.poll()
                 poller.register(self._client.socket().fileno(), select.POLLIN)
