@@ -91,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=config.gateway.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs a dozen INFO lines per SMTP session, peer addresses included: a tenth of the event
+    # loop's time under load, and personal data we do not need. Its warnings and errors still show.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     if args.command == "check-config":
         print(f"{config.path}: ok ({len(config.schools)} school(s), {len(config.mailboxes)} IMAP mailbox(es), "
               f"rules {rules.digest[:12]})")
