@@ -25,7 +25,7 @@ from gateway.store import memory
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import claim_outbox, transition
 from gateway.triage.facts import parse_message
-from gateway.workers.dispatch import DELIVERY_KINDS, complete_if_done, outbox_row, trace_header
+from gateway.workers.dispatch import DELIVERY_KINDS, complete_from_rows, outbox_row, trace_header
 from gateway.workers.runtime import Runtime, Wakeup
 
 log = logging.getLogger("parentgate.delivery")
@@ -117,14 +117,18 @@ class DeliveryWorker:
 
     def _record(self, session: Session, results: list[tuple[Job, Outcome]]) -> None:
         now = self.rt.clock.now()
+        rows, messages, siblings = _load_for_record(session, [job.outbox_id for job, _ in results])
+        touched: dict[int, MessageRow] = {}
         for job, outcome in results:
-            row = session.get(OutboxRow, job.outbox_id)
+            row = rows.get(job.outbox_id)
             if row is None or row.state not in (OutboxState.PENDING.value, OutboxState.DEFERRED.value):
                 continue
             row.lease_owner, row.lease_until = None, None
             row.attempts += 1
             row.first_attempt_at = row.first_attempt_at or now
-            message = session.get(MessageRow, row.message)
+            message = messages.get(row.message)
+            if message is not None:
+                touched[message.id] = message
             if outcome.ok:
                 self._sent(session, row, message, outcome, now)
                 continue
@@ -140,8 +144,10 @@ class DeliveryWorker:
                         row.kind, row.attempts, outcome.detail[:120])
             if row.kind != "notice":
                 self._notify_postmaster(session, row, message, row.rcpts, outcome.detail, now)
-            if message is not None:
-                complete_if_done(session, message, now, self.rt.owner)
+        # Once per message per batch, from the rows already in memory: every outcome of the batch is
+        # applied first, so a message whose rows all finished in this batch completes exactly once.
+        for message in touched.values():
+            complete_from_rows(session, message, siblings.get(message.id, []), now, self.rt.owner)
 
     def _sent(self, session: Session, row: OutboxRow, message: MessageRow | None, outcome: Outcome,
               now: datetime) -> None:
@@ -155,8 +161,6 @@ class DeliveryWorker:
             message.folder = str(row.params.get("to"))
         if outcome.refused and row.kind != "notice":
             self._notify_postmaster(session, row, message, list(outcome.refused), "recipient refused", now)
-        if message is not None:
-            complete_if_done(session, message, now, self.rt.owner)
 
     def _notify_postmaster(self, session: Session, row: OutboxRow, message: MessageRow | None,
                            rcpts: list[str], error: str, now: datetime) -> None:
@@ -169,6 +173,21 @@ class DeliveryWorker:
             message_id=make_message_id(config.smtp.hostname, uuid.uuid4().hex))
         session.add(outbox_row(message, "notice", mail_from="", rcpts=[config.gateway.postmaster], now=now,
                                payload=data))
+
+
+def _load_for_record(session: Session, outbox_ids: list[int]) -> tuple[
+        dict[int, OutboxRow], dict[int, MessageRow], dict[int, list[OutboxRow]]]:
+    """The batch's outbox rows, their messages, and every delivery row of those messages: three
+    queries per batch instead of three per outcome. Loaded before anything changes, so no query
+    here has to flush; later changes are made to these same objects."""
+    rows = {r.id: r for r in session.scalars(select(OutboxRow).where(OutboxRow.id.in_(outbox_ids)))}
+    message_ids = sorted({r.message for r in rows.values()})
+    messages = {m.id: m for m in session.scalars(select(MessageRow).where(MessageRow.id.in_(message_ids)))}
+    siblings: dict[int, list[OutboxRow]] = {}
+    for r in session.scalars(select(OutboxRow).where(OutboxRow.message.in_(message_ids),
+                                                     OutboxRow.kind.in_(DELIVERY_KINDS))):
+        siblings.setdefault(r.message, []).append(r)
+    return rows, messages, siblings
 
 
 def _claim(session: Session, rt: Runtime, limit: int) -> list[Job]:

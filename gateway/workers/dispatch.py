@@ -71,6 +71,14 @@ def complete_if_done(session: Session, message: MessageRow, now: datetime, actor
         return
     rows = list(session.scalars(select(OutboxRow).where(OutboxRow.message == message.id,
                                                         OutboxRow.kind.in_(DELIVERY_KINDS))))
+    complete_from_rows(session, message, rows, now, actor)
+
+
+def complete_from_rows(session: Session, message: MessageRow, rows: list[OutboxRow], now: datetime,
+                       actor: str) -> None:
+    """`complete_if_done` for a caller that already holds every delivery row of the message."""
+    if message.state != State.QUEUED.value:
+        return
     if any(r.state in (OutboxState.PENDING.value, OutboxState.DEFERRED.value) for r in rows):
         return
     if any(r.state == OutboxState.FAILED.value for r in rows):
