@@ -74,8 +74,9 @@ class MessageRow(Base):
         Index("ix_messages_state", "state", "id"),
         Index("ix_messages_release", "state", "release_at"),
         Index("ix_messages_message_id", "message_id"),
-        Index("ix_messages_family", "school", "family", "half_term"),
-        Index("ix_messages_thread", "thread_id"),
+        # `counted` is in both so that the family and thread counts are read from the index alone.
+        Index("ix_messages_family", "school", "family", "half_term", "counted"),
+        Index("ix_messages_thread", "thread_id", "counted"),
         Index("ix_messages_mailbox", "mailbox", "sha256"),
     )
 
