@@ -23,6 +23,7 @@ from gateway.store.database import Database
 from gateway.store.queue import clear_leases
 from gateway.triage.rules import RuleSet, default_rules_dir, load_rules
 from gateway.workers.delivery import DeliveryWorker
+from gateway.workers.judging import JudgePool
 from gateway.workers.release import release_due
 from gateway.workers.runtime import Runtime, Wakeup, make_owner
 from gateway.workers.triage import TriageWorker
@@ -64,6 +65,7 @@ class Daemon:
         self.rt = rt
         self.stopping = asyncio.Event()
         self.triage_wakeup = Wakeup()
+        self.judges: JudgePool | None = None
 
     def reload(self) -> None:
         try:
@@ -73,6 +75,8 @@ class Daemon:
             return
         self.rt.config, self.rt.rules = config, rules
         self.rt.templates_dir = rules_dir(config) / "templates"
+        if self.judges is not None:
+            self.judges.reload(rules_dir(config), rules.digest)
         log.info("configuration and rules reloaded (rules %s)", rules.digest[:12])
 
     async def _triage_loop(self, worker: TriageWorker) -> None:
@@ -106,7 +110,8 @@ class Daemon:
         inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set)
         inbox.start()
         server = await start_server(lambda: rt.config, inbox)
-        triage = TriageWorker(rt)
+        self.judges = JudgePool(rules_dir(rt.config), rt.rules.digest)
+        triage = TriageWorker(rt, pool=self.judges)
         tasks = [asyncio.create_task(self._triage_loop(triage), name="triage"),
                  asyncio.create_task(delivery.run(), name="delivery")]
         jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt))
@@ -125,6 +130,7 @@ class Daemon:
         delivery.stop()
         tasks[0].cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.judges.close)
         await primary.close()
         if outbound is not None:
             await outbound.close()

@@ -7,6 +7,7 @@ import io
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Collection
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
@@ -91,11 +92,17 @@ def family_members(session: Session, key: str) -> list[FamilyRow]:
         or_(FamilyRow.family_id == key, FamilyRow.email == normalise_address(key)))))
 
 
-def count_family(session: Session, school: str, family: str, half_term: str) -> int:
-    """Human messages already counted for this family in this half-term (across all staff)."""
-    return int(session.scalar(select(func.count()).select_from(MessageRow).where(
+def count_family(session: Session, school: str, family: str, half_term: str,
+                 exclude: Collection[int] = ()) -> int:
+    """Human messages already counted for this family in this half-term (across all staff).
+
+    `exclude`: message ids not to count (a batch being triaged keeps its own tally of them)."""
+    query = select(func.count()).select_from(MessageRow).where(
         MessageRow.school == school, MessageRow.family == family, MessageRow.half_term == half_term,
-        MessageRow.counted == 1)) or 0)
+        MessageRow.counted == 1)
+    if exclude:
+        query = query.where(MessageRow.id.not_in(exclude))
+    return int(session.scalar(query) or 0)
 
 
 def resolve_thread(session: Session, *, school: str, family: str, subject: str, ref_ids: list[str],
@@ -119,9 +126,12 @@ def resolve_thread(session: Session, *, school: str, family: str, subject: str, 
     return row.id
 
 
-def count_thread(session: Session, thread_id: int) -> int:
-    return int(session.scalar(select(func.count()).select_from(MessageRow).where(
-        MessageRow.thread_id == thread_id, MessageRow.counted == 1)) or 0)
+def count_thread(session: Session, thread_id: int, exclude: Collection[int] = ()) -> int:
+    query = select(func.count()).select_from(MessageRow).where(MessageRow.thread_id == thread_id,
+                                                                MessageRow.counted == 1)
+    if exclude:
+        query = query.where(MessageRow.id.not_in(exclude))
+    return int(session.scalar(query) or 0)
 
 
 def acknowledged_recently(session: Session, sender: str, kind: str, since: datetime) -> bool:

@@ -6,7 +6,8 @@ so the two can never disagree. Reads the store; never writes to it unless asked 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from gateway.domain.facts import Facts
 from gateway.domain.findings import ContentFindings, Findings, Route
 from gateway.domain.states import State
 from gateway.store import memory
+from gateway.store.models import MessageRow
 from gateway.triage import Context, combine
 from gateway.triage.facts import parse_message
 from gateway.triage.content import classify
@@ -41,6 +43,57 @@ class Judged:
 def judge(raw: bytes, rules: RuleSet) -> Judged:
     facts = parse_message(raw)
     return Judged(facts, classify(facts, rules))
+
+
+# What a message contributes to the family and thread counts: school, family, half-term, counted, thread.
+Standing = tuple[str, "str | None", "str | None", int, "int | None"]
+
+
+def standing(row: MessageRow) -> Standing:
+    return (row.school, row.family, row.half_term, row.counted, row.thread_id)
+
+
+@dataclass
+class Batch:
+    """One triage transaction's own messages, so that reading the counts per message needs no flush.
+
+    The database counts leave the batch's messages out (`ids`); the tallies count them as they stand
+    in this transaction, before or after their own triage, so every count is what a flushed query
+    would return. The family directory does not change during a batch, so it is read once per sender.
+    """
+
+    ids: frozenset[int]
+    family_counts: Counter[tuple[str, str | None, str | None]] = field(default_factory=Counter)
+    thread_counts: Counter[int] = field(default_factory=Counter)
+    acks: set[tuple[str, str]] = field(default_factory=set)
+    families: dict[tuple[str, str], memory.Family] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: dict[int, Standing]) -> Batch:
+        batch = cls(ids=frozenset(rows))
+        for before in rows.values():
+            batch._add(before, 1)
+        return batch
+
+    def _add(self, st: Standing, sign: int) -> None:
+        school, family, half_term, counted, thread_id = st
+        if counted == 1:
+            self.family_counts[(school, family, half_term)] += sign
+            if thread_id is not None:
+                self.thread_counts[thread_id] += sign
+
+    def note(self, before: Standing, after: Standing, ack: tuple[str, str] | None) -> None:
+        """A message of the batch was triaged: its counts move, and its acknowledgement is pending."""
+        self._add(before, -1)
+        self._add(after, 1)
+        if ack is not None:
+            self.acks.add(ack)
+
+    def family_for(self, session: Session, school: str, address: str) -> memory.Family:
+        key = (school, memory.normalise_address(address))
+        if key not in self.families:
+            self.families[key] = memory.family_for(session, school, address)
+        return self.families[key]
 
 
 @dataclass(frozen=True)
@@ -66,19 +119,30 @@ def half_term_key(school: SchoolConfig, at: datetime) -> tuple[str, str]:
 
 def evaluate(session: Session, *, config: Config, rules: RuleSet, school: SchoolConfig, judged: Judged,
              mail_from: str, rcpts: tuple[str, ...], received_at: datetime, now: datetime,
-             create_thread: bool) -> Evaluation:
+             create_thread: bool, batch: Batch | None = None) -> Evaluation:
+    """With `batch`, the caller has autoflush off and the batch supplies what the database lacks."""
     facts = judged.facts
     sender = memory.normalise_address(mail_from) if mail_from else ""
     blocked = suppression(facts, mail_from, config.own_domains)
     from_domain = (facts.from_addr or sender).rpartition("@")[2]
     counted = blocked not in AUTOMATED and from_domain not in config.own_domains
-    family = memory.family_for(session, school.id, facts.from_addr or sender)
+    address = facts.from_addr or sender
+    family = batch.family_for(session, school.id, address) if batch else memory.family_for(session, school.id, address)
     key, term_name = half_term_key(school, received_at)
-    previous = memory.count_family(session, school.id, family.key, key) if counted else 0
+    exclude = batch.ids if batch else ()
+    previous = 0
+    if counted:
+        previous = memory.count_family(session, school.id, family.key, key, exclude)
+        previous += batch.family_counts[(school.id, family.key, key)] if batch else 0
     refs = list(facts.references) + ([facts.in_reply_to] if facts.in_reply_to else [])
+    if batch is not None and refs:
+        # A reply may quote a message triaged earlier in this batch: its thread must be in the database.
+        session.flush()
     thread_id = memory.resolve_thread(session, school=school.id, family=family.key, subject=facts.subject,
                                       ref_ids=refs, now=now, create=create_thread)
-    in_thread = memory.count_thread(session, thread_id) if thread_id is not None else 0
+    in_thread = 0
+    if thread_id is not None:
+        in_thread = memory.count_thread(session, thread_id, exclude) + (batch.thread_counts[thread_id] if batch else 0)
     limits = config.limits
     context = Context(
         family=family.key, family_label=family.label, family_count=previous + (1 if counted else 0),
@@ -96,14 +160,14 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
         the_plan = plan(route, calendar=school.calendar, now=now, staff=rcpts, office=school.office,
                         dsl=school.dsl)
     kind = ack_kind(route)
-    block = _ack_block(session, config, school, kind, blocked, sender, now)
+    block = _ack_block(session, config, school, kind, blocked, sender, now, batch)
     return Evaluation(school=school, facts=facts, findings=findings, route=route, plan=the_plan,
                       ack=kind if block is None else None, ack_block=block, sender=sender, family=family,
                       half_term_key=key, thread_id=thread_id, counted=counted)
 
 
 def _ack_block(session: Session, config: Config, school: SchoolConfig, kind: AckKind | None,
-               blocked: str | None, sender: str, now: datetime) -> str | None:
+               blocked: str | None, sender: str, now: datetime, batch: Batch | None) -> str | None:
     """Why no acknowledgement is sent, or None to send one (RFC 3834 §2 and the school's settings)."""
     if kind is None:
         return "route-blocked"
@@ -111,8 +175,14 @@ def _ack_block(session: Session, config: Config, school: SchoolConfig, kind: Ack
         return "disabled"
     if blocked is not None:
         return blocked
+    if batch is not None and (sender, kind.value) in batch.acks:
+        # Handed to the outbox earlier in this batch (maybe not flushed yet): once per period.
+        return "already-acknowledged"
     if memory.acknowledged_recently(session, sender, kind.value, now - config.acknowledge.period):
         return "already-acknowledged"
+    if batch is not None:
+        # The throttle counts every acknowledgement row, this batch's included.
+        session.flush()
     if memory.acknowledgements_today(session, sender, now) >= config.acknowledge.max_per_sender_per_day:
         return "sender-throttled"
     return None

@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Callable
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
@@ -22,7 +23,8 @@ from gateway.store import memory
 from gateway.store.models import MessageRow
 from gateway.store.queue import claim_messages, transition
 from gateway.workers.dispatch import complete_if_done, enqueue, imap_move, outbox_row
-from gateway.workers.evaluate import Evaluation, Judged, evaluate, judge
+from gateway.workers.evaluate import Batch, Evaluation, Judged, evaluate, judge, standing
+from gateway.workers.judging import JudgePool, judge_each
 from gateway.workers.runtime import Runtime
 
 log = logging.getLogger("parentgate.triage")
@@ -31,9 +33,11 @@ BATCH = 64
 
 
 class TriageWorker:
-    def __init__(self, rt: Runtime, *, judge_fn: Callable[[bytes], Judged] | None = None) -> None:
+    def __init__(self, rt: Runtime, *, judge_fn: Callable[[bytes], Judged] | None = None,
+                 pool: JudgePool | None = None) -> None:
         self.rt = rt
         self._judge = judge_fn
+        self._pool = pool
 
     async def run_once(self) -> int:
         """Triage one batch of received messages; returns how many were claimed."""
@@ -42,7 +46,11 @@ class TriageWorker:
         if not rows:
             return 0
         rules = rt.rules
-        judged = await asyncio.to_thread(_judge_all, [r.raw for r in rows], self._judge or (lambda raw: judge(raw, rules)))
+        raws = [r.raw for r in rows]
+        if self._pool is not None and self._judge is None:
+            judged = await self._pool.judge_all(raws, rules)
+        else:
+            judged = await asyncio.to_thread(judge_each, raws, self._judge or (lambda raw: judge(raw, rules)))
         await rt.db.run(lambda s: self._apply_all(s, [r.id for r in rows], judged))
         rt.wake_delivery()
         return len(rows)
@@ -55,8 +63,11 @@ class TriageWorker:
 
     def _apply_all(self, session: Session, ids: list[int], judged: list[Judged | BaseException]) -> None:
         now = self.rt.clock.now()
+        rows = {r.id: r for r in session.scalars(select(MessageRow).where(MessageRow.id.in_(ids)))}
+        before = {message_id: standing(row) for message_id, row in rows.items()}
+        todo: list[tuple[MessageRow, Judged]] = []
         for message_id, result in zip(ids, judged):
-            row = session.get(MessageRow, message_id)
+            row = rows.get(message_id)
             if row is None or row.state != State.RECEIVED.value or row.lease_owner != self.rt.owner:
                 continue
             if isinstance(result, BaseException):
@@ -64,32 +75,45 @@ class TriageWorker:
                 # message is quarantined for a human rather than retried for ever.
                 log.error("message %s could not be triaged: %s", row.id, result.__class__.__name__)
                 continue
+            todo.append((row, result))
+        # The whole batch in one savepoint, flushed once. Should one message fail, the savepoint is
+        # rolled back and the batch applied again one savepoint per message, so that one bad message
+        # cannot stop the others (their transitions are then logged a second time).
+        try:
+            with session.begin_nested(), session.no_autoflush:
+                batch = Batch.of(before)
+                for row, result in todo:
+                    ev = apply_triage(session, self.rt, row, result, now, batch)
+                    batch.note(before[row.id], standing(row), _ack_key(ev))
+            return
+        except Exception:  # noqa: BLE001 - retried message by message below, where it is logged
+            log.warning("triage batch of %d rolled back; applying message by message", len(todo))
+        batch = Batch.of(before)
+        for row, result in todo:
             try:
-                with session.begin_nested():
-                    apply_triage(session, self.rt, row, result, now)
+                with session.begin_nested(), session.no_autoflush:
+                    ev = apply_triage(session, self.rt, row, result, now, batch)
             except Exception:  # noqa: BLE001 - one bad message must not stop the batch
                 log.exception("message %s could not be triaged", row.id)
+                continue
+            batch.note(before[row.id], standing(row), _ack_key(ev))
+
+
+def _ack_key(ev: Evaluation) -> tuple[str, str] | None:
+    return (ev.sender, ev.ack.value) if ev.ack is not None else None
 
 
 def _claim(session: Session, rt: Runtime) -> list[MessageRow]:
     return claim_messages(session, State.RECEIVED, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=BATCH)
 
 
-def _judge_all(raws: list[bytes], fn: Callable[[bytes], Judged]) -> list[Judged | BaseException]:
-    results: list[Judged | BaseException] = []
-    for raw in raws:
-        try:
-            results.append(fn(raw))
-        except Exception as exc:  # noqa: BLE001 - recorded per message, see _apply_all
-            results.append(exc)
-    return results
-
-
-def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged, now: datetime) -> Evaluation:
+def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged, now: datetime,
+                 batch: Batch | None = None) -> Evaluation:
     config = rt.config
     school = config.school(row.school)
     ev = evaluate(session, config=config, rules=rt.rules, school=school, judged=judged, mail_from=row.mail_from,
-                  rcpts=tuple(row.rcpt_tos), received_at=row.received_at, now=now, create_thread=True)
+                  rcpts=tuple(row.rcpt_tos), received_at=row.received_at, now=now, create_thread=True,
+                  batch=batch)
     findings = ev.findings
     transition(session, row, State.TRIAGED, actor=rt.owner, now=now,
                reason=f"route {ev.route.value}; " + (", ".join(r.rule for r in findings.reasons) or "no findings"),
@@ -101,14 +125,18 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
     why = plan.note or {State.HELD: f"school closed ({plan.closure})", State.IN_REVIEW: "for the Head of School",
                         State.QUEUED: "deliver now"}.get(plan.state, "")
     transition(session, row, plan.state, actor=rt.owner, now=now, reason=why, release_at=plan.release_at)
-    enqueue(session, row, plan.deliveries, config, now)
+    added = enqueue(session, row, plan.deliveries, config, now)
     if row.source == "imap" and plan.state in (State.HELD, State.IN_REVIEW):
         session.add(imap_move(row, config, "held" if plan.state is State.HELD else "review", now))
     if plan.review_summary:
         _add_review_summary(session, rt, row, ev, now)
     if ev.ack is not None:
         _add_acknowledgement(session, rt, row, ev, now)
-    complete_if_done(session, row, now, rt.owner)
+    if added == 0:
+        # Delivery rows just added are pending, so the message cannot be complete yet; only a plan with
+        # nothing to send (IMAP mail already in its folder) completes at once. Skipping the check
+        # saves a query, and the autoflush it forces, per message.
+        complete_if_done(session, row, now, rt.owner)
     return ev
 
 

@@ -1,0 +1,140 @@
+"""Parsing and the content rules in worker processes, so they use another core and not the daemon's GIL.
+
+`judge` is pure CPU work (MIME parsing, language identification, regular expressions). In a thread it
+competes for the GIL with the SMTP listener and the database thread; in a process it runs beside them.
+Each worker process loads the rules once, from the same directory as the daemon, and answers with the
+digest of the rules it used: a batch judged with other rules than the daemon's (the files changed on
+disk after the daemon loaded them) is judged again in a thread with the daemon's own rules, so the
+digest stored with every finding is always the digest of the rules that produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Callable
+
+from gateway.triage.rules import RuleSet, load_rules
+from gateway.workers.evaluate import Judged, judge
+
+log = logging.getLogger("parentgate.judging")
+Results = list["Judged | BaseException"]
+
+
+class JudgeFailed(Exception):
+    """Stands in for an exception raised while judging that cannot be sent back between processes."""
+
+
+class _WorkerRules:
+    """The rules of one worker process, loaded by the pool's initializer.
+
+    Process-local by nature: a pool worker keeps nothing else between tasks, and sending the rules
+    with every task would mean pickling the language models each time.
+    """
+
+    rules: RuleSet | None = None
+
+
+def _load_worker_rules(rules_dir: str) -> None:
+    # Signals sent to the whole process group (Ctrl-C, systemd's stop) are the daemon's to handle: it
+    # stops these workers itself once the batch in hand is finished. A worker whose daemon died
+    # exits when its task pipe closes.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _WorkerRules.rules = load_rules(Path(rules_dir))
+
+
+def _judge_in_worker(raws: list[bytes]) -> tuple[str, Results]:
+    rules = _WorkerRules.rules
+    assert rules is not None, "the pool initializer loads the rules"
+    return rules.digest, [_portable(result) for result in judge_each(raws, lambda raw: judge(raw, rules))]
+
+
+def _portable(result: Judged | BaseException) -> Judged | BaseException:
+    """The result itself, or for an exception that would not survive pickling, a JudgeFailed naming it."""
+    if not isinstance(result, BaseException):
+        return result
+    try:
+        pickle.loads(pickle.dumps(result))
+        return result
+    except Exception:  # noqa: BLE001 - any pickling problem: send the name only
+        return JudgeFailed(result.__class__.__name__)
+
+
+def _warm_up() -> None:
+    """A no-op task: starting the workers (and loading their rules) before the first mail arrives."""
+
+
+def judge_each(raws: list[bytes], fn: Callable[[bytes], Judged]) -> Results:
+    """Each message's judgement, or the exception it raised (recorded per message by the caller)."""
+    results: Results = []
+    for raw in raws:
+        try:
+            results.append(fn(raw))
+        except Exception as exc:  # noqa: BLE001 - recorded per message by the triage worker
+            results.append(exc)
+    return results
+
+
+def default_workers() -> int:
+    """One core stays with the daemon's own process (SMTP, database, delivery); at most two workers."""
+    return max(1, min(2, (os.cpu_count() or 1) - 1))
+
+
+class JudgePool:
+    """A process pool for `judge`, recreated on a rules reload and after a worker died."""
+
+    def __init__(self, rules_dir: Path, digest: str, *, workers: int | None = None) -> None:
+        self._rules_dir, self._digest = rules_dir, digest
+        self._workers = workers or default_workers()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the daemon has threads (database, asyncio helpers) whose locks a forked
+        # child could inherit held.
+        pool = ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_load_worker_rules, initargs=(str(self._rules_dir),))
+        for _ in range(self._workers):
+            pool.submit(_warm_up)
+        return pool
+
+    def reload(self, rules_dir: Path, digest: str) -> None:
+        """New rules: new workers. Batches already running on the old workers finish there."""
+        old = self._pool
+        self._rules_dir, self._digest = rules_dir, digest
+        self._pool = self._new_pool()
+        old.shutdown(wait=False)
+
+    async def judge_all(self, raws: list[bytes], rules: RuleSet) -> Results:
+        """Every message judged, in order; `rules` are the daemon's, used if a worker's differ."""
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        chunks = [raws[i::self._workers] for i in range(self._workers) if raws[i::self._workers]]
+        try:
+            answers = await asyncio.gather(*(loop.run_in_executor(pool, _judge_in_worker, c) for c in chunks))
+        except BrokenProcessPool:
+            # A worker died (killed, or out of memory on a hostile message). The batch's leases stay,
+            # so it is claimed again later and quarantined after three tries; new workers take over.
+            log.error("a triage worker process died; starting new ones")
+            if pool is self._pool:
+                self._pool = self._new_pool()
+                pool.shutdown(wait=False)
+            raise
+        if any(digest != rules.digest for digest, _ in answers):
+            log.warning("worker rules differ from the daemon's (changed on disk?); judging in-process")
+            return await asyncio.to_thread(judge_each, raws, lambda raw: judge(raw, rules))
+        # Undo the round-robin split: message i went to chunk i % n, at position i // n.
+        results: Results = []
+        for i in range(len(raws)):
+            results.append(answers[i % len(chunks)][1][i // len(chunks)])
+        return results
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,72 @@
+"""The judging process pool: same judgements as in-process, per-message failures, reload, dead workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from gateway.triage.rules import default_rules_dir, load_rules
+from gateway.workers.evaluate import judge
+from gateway.workers.judging import JudgePool
+from tests.support import message, wire
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules(default_rules_dir())
+
+
+def _raws() -> list[bytes]:
+    return [wire(message(subject=f"Reading book {i}", body=f"Could you check Maya's reading book? ({i})",
+                         msgid=f"<book-{i}@parent.example>")) for i in range(5)]
+
+
+def test_pool_judges_like_the_daemon_in_order(rules) -> None:
+    raws = _raws() + [b"\xff\xfe not a message at all"]
+    pool = JudgePool(default_rules_dir(), rules.digest, workers=2)
+    try:
+        results = asyncio.run(pool.judge_all(raws, rules))
+    finally:
+        pool.close()
+    assert results == [judge(raw, rules) for raw in raws]
+
+
+def test_reload_starts_new_workers_and_keeps_judging(rules) -> None:
+    pool = JudgePool(default_rules_dir(), rules.digest, workers=1)
+    try:
+        first = asyncio.run(pool.judge_all(_raws()[:1], rules))
+        pool.reload(default_rules_dir(), rules.digest)
+        second = asyncio.run(pool.judge_all(_raws()[:1], rules))
+    finally:
+        pool.close()
+    assert first == second
+
+
+def test_other_rules_on_disk_are_not_used(rules) -> None:
+    # The workers were started for another digest than the daemon's rules: the daemon's rules win.
+    pool = JudgePool(default_rules_dir(), "not-the-daemons-digest", workers=1)
+    try:
+        results = asyncio.run(pool.judge_all(_raws()[:2], rules))
+    finally:
+        pool.close()
+    assert results == [judge(raw, rules) for raw in _raws()[:2]]
+
+
+def test_a_dead_worker_fails_the_batch_and_is_replaced(rules) -> None:
+    pool = JudgePool(default_rules_dir(), rules.digest, workers=1)
+
+    async def scenario() -> None:
+        await pool.judge_all(_raws()[:1], rules)
+        for pid in list(pool._pool._processes):  # noqa: SLF001 - simulating the OOM killer
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(Exception):
+            await pool.judge_all(_raws()[:1], rules)
+        assert len(await pool.judge_all(_raws()[:1], rules)) == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        pool.close()
