@@ -17,5 +17,5 @@ def next_attempt(first_try: datetime, attempts: int, now: datetime, policy: Retr
     """When to retry, or None once the message has outlived policy.lifetime (then it fails, with a notice)."""
     if now - first_try >= policy.lifetime:
         return None
-    delay = min(policy.first_delay * 2 ** max(attempts - 1, 0), policy.max_delay)
+    delay = min(policy.first_delay * (1 << min(max(attempts - 1, 0), 32)), policy.max_delay)
     return min(now + delay, first_try + policy.lifetime)

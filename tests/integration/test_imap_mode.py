@@ -180,3 +180,55 @@ async def test_uidvalidity_change_resyncs_without_duplicates_or_second_acknowled
     await gw.settle()
     assert len(gw.messages()) == 4
     assert [len(sink.to(f"p{i}@example.com")) for i in range(3)] == [1, 1, 1]
+
+
+def parentgate(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "--config", str(cfg), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_imap_test_reports_capabilities_or_says_clearly_what_is_wrong(tmp_path, dovecot):
+    cfg = write_config(tmp_path, extra=mailbox_toml(dovecot, "alice", "alicepass")
+                       + mailbox_toml(dovecot, "bob", "not-his-password"))
+    good = parentgate(cfg, "imap", "test", "alice")
+    assert good.returncode == 0, good.stderr
+    assert "IDLE" in good.stdout and "INBOX" in good.stdout
+    bad = parentgate(cfg, "imap", "test", "bob")
+    assert bad.returncode == 1
+    assert "authentication failed" in bad.stderr.lower()
+    assert "not-his-password" not in bad.stderr + bad.stdout
+    unknown = parentgate(cfg, "imap", "test", "carol")
+    assert unknown.returncode != 0 and "no IMAP mailbox 'carol'" in unknown.stderr
+
+
+def test_backfill_processes_history_deliberately_and_only_once(tmp_path, dovecot):
+    box = mailbox_toml(dovecot, "alice", "alicepass").replace("backfill_since = 2020-01-01\n", "")
+    cfg = write_config(tmp_path, extra=box)
+    for i in range(3):
+        append(dovecot, "INBOX", wire(message(sender=f"old{i}@example.com", to=f"alice@{DOMAIN}", subject=f"Old {i}")))
+    first = parentgate(cfg, "imap", "backfill", "alice", "--since", "2020-01-01")
+    assert first.returncode == 0, first.stderr
+    assert "3 message(s) stored" in first.stdout
+    again = parentgate(cfg, "imap", "backfill", "alice", "--since", "2020-01-01")
+    assert again.returncode == 0 and "0 message(s) stored" in again.stdout
+
+
+async def test_outgoing_mail_in_imap_mode_leaves_through_the_submission_server(tmp_path, dovecot):
+    submission = Sink().start()
+    try:
+        cfg = write_config(tmp_path, extra=mailbox_toml(dovecot, "alice", "alicepass")
+                           + f'[submission]\nhost = "127.0.0.1"\nport = {submission.port}\nstarttls = false\n')
+        gw = await InProcessGateway(cfg, FixedClock(TUESDAY), imap=True).start()
+        try:
+            from gateway.imapmode import submission_transport
+            gw.delivery.outbound = submission_transport(gw.rt.config)
+            assert await wait_for(lambda: count(dovecot, HELD) == 0, 10)
+            append(dovecot, "INBOX", wire(message(sender="P <p@example.com>", to=f"alice@{DOMAIN}")))
+            assert await settle_until(gw, lambda: len(submission.to("p@example.com")) == 1, 10)
+            # Nothing went out of the Maildir route: the acknowledgement left via submission only.
+            assert not (tmp_path / "var" / "mail" / "p@example.com").exists()
+            assert count(dovecot, "INBOX") == 1
+        finally:
+            await gw.stop()
+    finally:
+        submission.stop()
