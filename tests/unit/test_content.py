@@ -338,3 +338,43 @@ def test_every_reason_has_a_kebab_case_rule_and_evidence(rules: RuleSet) -> None
     for reason in found.reasons:
         assert reason.rule == reason.rule.lower() and " " not in reason.rule
         assert reason.evidence
+
+
+# ---------------------------------------------------------------- safeguarding in unseen wording
+# Written after the held-out set, in wording no rule example uses: each needs either one strong
+# indicator or two different weak ones (injury + evasion, hunger + hygiene, fear + hiding...).
+
+@pytest.mark.parametrize("body", [
+    "Hi, when Ruby stayed at ours I noticed bruises on her arms and she didn't want to say how she got them.",
+    "When I was doing Maisie's hair I found a bald patch and she said her stepdad pulled her hair out.",
+    "Jade told me yesterday she has been thinking about killing herself. Please keep an eye on her.",
+    "He came back from his weekend with a swollen eye, wouldn't say what happened and flinches when I lift my hand.",
+    "The boy next door is always ravenous when he comes round and his clothes smell.",
+    "My partner has been leaving the kids on their own while I'm at work so he can go to the pub.",
+    "Someone older on his headset was telling him to take his top off on camera.",
+    "A man has been asking my son on Discord what colour his underwear is and whether we check his phone.",
+    "Some boys have been filming a girl in the changing rooms and sharing it round.",
+    "Her family have chosen a husband for her and she has no say, she is 15.",
+    "She says she is going to be 'cut' when she visits her aunt in Somalia this summer.",
+    "My nephew keeps saying immigrants are vermin and he wants to do something about it.",
+    "He keeps coming home with wads of cash and two phones and says he owes some older lads.",
+    "My ex has just been released from prison and there is a court order saying he can't collect her.",
+])
+def test_safeguarding_in_unseen_wording_reaches_the_dsl(rules: RuleSet, body: str) -> None:
+    route, found = judged(rules, body)
+    assert route is Route.DSL, [(r.rule, r.evidence) for r in found.reasons]
+
+
+@pytest.mark.parametrize("body", [
+    "Finn bumped his head on the climbing frame yesterday, he has a little bruise but he's fine.",
+    "Mason is absolutely starving when he gets home, is he eating his lunch?",
+    "Ruby has been quite clingy since her nan passed away, she might be a bit quiet this week.",
+    "He's got a black eye from a football to the face at training, honestly he's fine!",
+    "Oscar keeps asking about the Nazis since your WW2 topic, any good books for his age?",
+    "Can Liam walk home on his own from next week? He's in Year 6 and we've practised the route.",
+    "I sent the photos to the school office yesterday, did they arrive?",
+    "I could strangle him, that's the third coat he's lost this term!",
+    "Her dad pushed her on the swings for an hour at the weekend, she loved it.",
+])
+def test_routine_mail_with_warning_words_stays_off_the_dsl(rules: RuleSet, body: str) -> None:
+    assert judged(rules, body)[0] is not Route.DSL
