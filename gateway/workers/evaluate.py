@@ -59,7 +59,9 @@ class Batch:
 
     The database counts leave the batch's messages out (`ids`); the tallies count them as they stand
     in this transaction, before or after their own triage, so every count is what a flushed query
-    would return. The family directory does not change during a batch, so it is read once per sender.
+    would return. The family directory and the messages outside the batch do not change during the
+    batch (the transaction holds SQLite's write lock), so each is read once per sender, family or
+    thread rather than once per message.
     """
 
     ids: frozenset[int]
@@ -67,6 +69,8 @@ class Batch:
     thread_counts: Counter[int] = field(default_factory=Counter)
     acks: set[tuple[str, str]] = field(default_factory=set)
     families: dict[tuple[str, str], memory.Family] = field(default_factory=dict)
+    stored_family_counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    stored_thread_counts: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rows: dict[int, Standing]) -> Batch:
@@ -88,6 +92,17 @@ class Batch:
         self._add(after, 1)
         if ack is not None:
             self.acks.add(ack)
+
+    def family_count(self, session: Session, school: str, family: str, half_term: str) -> int:
+        key = (school, family, half_term)
+        if key not in self.stored_family_counts:
+            self.stored_family_counts[key] = memory.count_family(session, school, family, half_term, self.ids)
+        return self.stored_family_counts[key] + self.family_counts[key]
+
+    def thread_count(self, session: Session, thread_id: int) -> int:
+        if thread_id not in self.stored_thread_counts:
+            self.stored_thread_counts[thread_id] = memory.count_thread(session, thread_id, self.ids)
+        return self.stored_thread_counts[thread_id] + self.thread_counts[thread_id]
 
     def family_for(self, session: Session, school: str, address: str) -> memory.Family:
         key = (school, memory.normalise_address(address))
@@ -129,11 +144,10 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
     address = facts.from_addr or sender
     family = batch.family_for(session, school.id, address) if batch else memory.family_for(session, school.id, address)
     key, term_name = half_term_key(school, received_at)
-    exclude = batch.ids if batch else ()
     previous = 0
     if counted:
-        previous = memory.count_family(session, school.id, family.key, key, exclude)
-        previous += batch.family_counts[(school.id, family.key, key)] if batch else 0
+        previous = (batch.family_count(session, school.id, family.key, key) if batch
+                    else memory.count_family(session, school.id, family.key, key))
     refs = list(facts.references) + ([facts.in_reply_to] if facts.in_reply_to else [])
     if batch is not None and refs:
         # A reply may quote a message triaged earlier in this batch: its thread must be in the database.
@@ -142,7 +156,7 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
                                       ref_ids=refs, now=now, create=create_thread)
     in_thread = 0
     if thread_id is not None:
-        in_thread = memory.count_thread(session, thread_id, exclude) + (batch.thread_counts[thread_id] if batch else 0)
+        in_thread = batch.thread_count(session, thread_id) if batch else memory.count_thread(session, thread_id)
     limits = config.limits
     context = Context(
         family=family.key, family_label=family.label, family_count=previous + (1 if counted else 0),
