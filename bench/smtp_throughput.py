@@ -280,9 +280,11 @@ def run_bare(work: Path, load: Load, timeout: float) -> Result:
         sink.stop()
 
 
-def gateway_config(directory: Path, *, smtp_port: int, sink_port: int, database: str | None) -> Path:
+def gateway_config(directory: Path, *, smtp_port: int, sink_port: int, database: str | None,
+                   rules_dir: str | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     db = f'database = "{database}"\n' if database else ""
+    db += f'rules_dir = "{Path(rules_dir).resolve()}"\n' if rules_dir else ""
     text = (f'[gateway]\nstate_dir = "var"\n{db}timezone = "Europe/London"\n'
             f'postmaster = "postmaster@example.invalid"\n\n'
             f'[smtp]\nlisten = "127.0.0.1:{smtp_port}"\nhostname = "gateway.test"\nmax_message_size = 1048576\n\n'
@@ -309,12 +311,14 @@ def parentgate_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "gateway"]
 
 
-def run_parentgate(work: Path, load: Load, timeout: float, database: str | None) -> Result:
+def run_parentgate(work: Path, load: Load, timeout: float, database: str | None,
+                   rules_dir: str | None = None) -> Result:
     result = Result("(b) parentgate relay -> aiosmtpd sink")
     sink = Sink(work, "b")
     try:
         port = free_port()
-        config = gateway_config(work / "gateway", smtp_port=port, sink_port=sink.port, database=database)
+        config = gateway_config(work / "gateway", smtp_port=port, sink_port=sink.port, database=database,
+                                rules_dir=rules_dir)
         log = work / "gateway.log"
         with open(log, "ab") as logf:
             proc = subprocess.Popen([*parentgate_command(), "--config", str(config), "run"], cwd=work,
@@ -448,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds each path may take to send, and then to deliver (default 300)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database) and the PG database")
+    ap.add_argument("--rules-dir", default=None,
+                    help="parentgate's rules directory (default: the shipped rules/), e.g. a checkout of "
+                         "the committed rules while they are being edited")
     ap.add_argument("--paths", default="abc",
                     help="which paths to run, e.g. 'b' while profiling parentgate alone (default abc)")
     args = ap.parse_args(argv)
@@ -476,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"work dir {work}; load generator {load.generator}", flush=True)
         results = []
         for label, fn in (("a", lambda: run_bare(work, load, args.timeout)),
-                          ("b", lambda: run_parentgate(work, load, args.timeout, database)),
+                          ("b", lambda: run_parentgate(work, load, args.timeout, database, args.rules_dir)),
                           ("c", lambda: run_postfix(work, load, args.timeout))):
             if label not in args.paths:
                 results.append(Result(f"({label})", note="skipped (--paths)"))
