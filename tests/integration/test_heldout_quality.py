@@ -33,19 +33,21 @@ def rules() -> RuleSet:
     return load_rules(default_rules_dir())
 
 
-def _labels() -> dict[str, dict[str, object]]:
-    rows = (json.loads(line) for line in (HELDOUT / "labels.jsonl").read_text(encoding="utf-8").splitlines()
+def _labels(folder: Path) -> dict[str, dict[str, object]]:
+    rows = (json.loads(line) for line in (folder / "labels.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip())
     return {str(row["file"]): row for row in rows}
 
 
-def test_heldout_corpus_route_quality(rules: RuleSet) -> None:
-    labels = _labels()
-    assert len(labels) >= 80
-    assert all((HELDOUT / name).is_file() for name in labels)
+@pytest.mark.parametrize("folder,at_least", [(HELDOUT, 80), (HELDOUT.parent / "spotcheck", 40)],
+                         ids=["heldout", "spotcheck"])
+def test_heldout_corpus_route_quality(rules: RuleSet, folder: Path, at_least: int) -> None:
+    labels = _labels(folder)
+    assert len(labels) >= at_least
+    assert all((folder / name).is_file() for name in labels)
     results: list[tuple[str, str, str, str]] = []
     for name, label in sorted(labels.items()):
-        findings = triage(parse_message((HELDOUT / name).read_bytes()), CONTEXT, rules)
+        findings = triage(parse_message((folder / name).read_bytes()), CONTEXT, rules)
         results.append((name, str(label["route"]), route_for(findings).value, str(label["tone"])))
     confusion: dict[str, Counter[str]] = defaultdict(Counter)
     for _, want, got, _ in results:
