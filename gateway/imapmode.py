@@ -80,3 +80,4 @@ class ImapMode:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.actions.close()

@@ -305,11 +305,18 @@ async def backfill(mailbox: MailboxConfig, port: ImapStorePort, since: date,
 
 
 class MailboxActions:
-    """In-place actions for the pipeline, each on its own short-lived connection in a thread."""
+    """In-place actions for the pipeline: one cached connection and one thread per mailbox.
+
+    Moves of one mailbox run one after another on its own connection (imapclient is not
+    thread-safe), so a burst of held mail costs one login, not one per message; a broken
+    connection is replaced once per action before the action counts as failed.
+    """
 
     def __init__(self, *, session_factory: Callable[[MailboxConfig], ImapSession] | None = None) -> None:
         self._factory = session_factory
         self._providers: dict[str, TokenProvider | None] = {}
+        self._threads: dict[str, _Thread] = {}
+        self._sessions: dict[str, ImapSession] = {}
 
     def _session(self, mailbox: MailboxConfig) -> ImapSession:
         if self._factory is not None:
@@ -321,6 +328,11 @@ class MailboxActions:
                 raise MailboxError(False, str(exc)) from None
         return open_session(mailbox, self._providers[mailbox.name])
 
+    def _thread(self, mailbox: MailboxConfig) -> _Thread:
+        if mailbox.name not in self._threads:
+            self._threads[mailbox.name] = _Thread(f"{mailbox.name}-actions")
+        return self._threads[mailbox.name]
+
     async def move_message(self, mailbox: MailboxConfig, message_id: str | None, sha256: str,
                            from_folder: str, to_folder: str, *, unseen: bool) -> None:
         """Move one message; succeeds without acting when it is already in `to_folder`.
@@ -328,35 +340,64 @@ class MailboxActions:
         Raises MessageNotFoundError when it is in neither folder, and
         MailboxError(temporary=True) when the server cannot be reached.
         """
-        session = self._session(mailbox)
-        await asyncio.to_thread(_move, session, message_id, sha256, from_folder, to_folder, unseen)
+        await self._thread(mailbox).call(self._move_cached, mailbox, message_id, sha256, from_folder, to_folder,
+                                          unseen)
+
+    def _move_cached(self, mailbox: MailboxConfig, message_id: str | None, sha256: str, from_folder: str,
+                     to_folder: str, unseen: bool) -> None:
+        """Runs on the mailbox's action thread."""
+        for attempt in (1, 2):
+            session = self._sessions.pop(mailbox.name, None)
+            fresh = session is None
+            if session is None:
+                session = self._session(mailbox)
+                session.connect()
+            try:
+                _move_on(session, message_id, sha256, from_folder, to_folder, unseen)
+            except MessageNotFoundError:
+                self._sessions[mailbox.name] = session
+                raise
+            except MailboxError:
+                session.logout()
+                # A cached connection may have been dropped by the server while idle: one fresh try.
+                if fresh or attempt == 2:
+                    raise
+                continue
+            self._sessions[mailbox.name] = session
+            return
 
     async def probe(self, mailbox: MailboxConfig) -> str:
         """A report for `parentgate imap test`; raises MailboxError saying what is wrong."""
         session = self._session(mailbox)
         return await asyncio.to_thread(_probe, session)
 
+    async def close(self) -> None:
+        for name, thread in list(self._threads.items()):
+            session = self._sessions.pop(name, None)
+            if session is not None:
+                await thread.call(session.logout)
+            thread.close()
+        self._threads.clear()
 
-def _move(session: ImapSession, message_id: str | None, sha256: str, from_folder: str, to_folder: str,
-          unseen: bool) -> None:
+
+def _move_on(session: ImapSession, message_id: str | None, sha256: str, from_folder: str, to_folder: str,
+             unseen: bool) -> None:
     name = session.mailbox.name
     label = message_id or f"sha256:{sha256[:12]}"
-    with session:
-        session.connect()
-        # A user may have deleted the destination folder; recreate it rather than fail.
-        session.ensure_folders([to_folder])
-        uid = session.find_uid(from_folder, message_id, sha256)
-        if uid is None:
-            if session.find_uid(to_folder, message_id, sha256) is not None:
-                log.info("%s: %s already in %r; nothing to do", name, label, to_folder)
-                return
-            raise MessageNotFoundError(f"{name}: {label} is in neither {from_folder!r} nor {to_folder!r}")
-        # Flags travel with the message on MOVE and COPY (RFC 6851 §3.3, RFC 3501
-        # §6.4.7), so clearing \Seen first needs no lookup of the new UID.
-        if unseen:
-            session.mark_unseen(uid)
-        session.move(uid, to_folder)
-        log.info("%s: moved %s (UID %d) from %r to %r", name, label, uid, from_folder, to_folder)
+    # A user may have deleted the destination folder; recreate it rather than fail.
+    session.ensure_folders([to_folder])
+    uid = session.find_uid(from_folder, message_id, sha256)
+    if uid is None:
+        if session.find_uid(to_folder, message_id, sha256) is not None:
+            log.info("%s: %s already in %r; nothing to do", name, label, to_folder)
+            return
+        raise MessageNotFoundError(f"{name}: {label} is in neither {from_folder!r} nor {to_folder!r}")
+    # Flags travel with the message on MOVE and COPY (RFC 6851 §3.3, RFC 3501
+    # §6.4.7), so clearing \Seen first needs no lookup of the new UID.
+    if unseen:
+        session.mark_unseen(uid)
+    session.move(uid, to_folder)
+    log.info("%s: moved %s (UID %d) from %r to %r", name, label, uid, from_folder, to_folder)
 
 
 def _probe(session: ImapSession) -> str:
