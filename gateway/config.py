@@ -9,28 +9,19 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import date, time, timedelta
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Callable, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.config_reader import (ADDRESS, ConfigError, Table, parse_clock, parse_duration, read_address,
+                                   read_duration, read_positive, resolve_path, split_hostport)
 from gateway.domain.calendar import HalfTerm, SchoolCalendar
 
-T = TypeVar("T")
+__all__ = ["Config", "ConfigError", "load", "parse_clock", "parse_duration", "split_hostport"]
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 NATIONS = ("ENG", "WLS", "SCT", "NIR", "none")
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_ADDRESS = re.compile(r"^[^@\s<>]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{1,63}$")
-
-
-class ConfigError(Exception):
-    """A configuration problem, phrased for the person editing the file."""
-
-    def __init__(self, path: Path | str, key: str, problem: str) -> None:
-        self.path, self.key, self.problem = str(path), key, problem
-        super().__init__(f"{path}: {key}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -166,132 +157,13 @@ class Config:
         return frozenset(d for s in self.schools for d in s.domains)
 
 
-def parse_duration(text: str) -> timedelta:
-    """"90s", "5m", "4h", "5d" -> timedelta; raises ValueError otherwise."""
-    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
-    if not match:
-        raise ValueError(f"expected a duration like 90s, 5m, 4h or 5d, got {text!r}")
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-    return timedelta(**{unit: int(match.group(1))})
-
-
-def parse_clock(text: str) -> time | None:
-    """"08:00" -> time(8); "24:00" -> None (until midnight)."""
-    match = re.match(r"^(\d{2}):(\d{2})$", text) if isinstance(text, str) else None
-    if not match:
-        raise ValueError(f"expected HH:MM, got {text!r}")
-    hour, minute = int(match.group(1)), int(match.group(2))
-    if (hour, minute) == (24, 0):
-        return None
-    if hour > 23 or minute > 59:
-        raise ValueError(f"{text!r} is not a time of day")
-    return time(hour, minute)
-
-
-def split_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    host, sep, port = str(text).rpartition(":")
-    if not sep:
-        raise ValueError(f"expected host:port, got {text!r}")
-    number = int(port)
-    if not 0 < number < 65536:
-        raise ValueError(f"port {number} out of range")
-    return (host.strip("[]") or default_host), number
-
-
-class _Table:
-    """A TOML table being read: typed access, and unknown keys reported by name."""
-
-    def __init__(self, path: Path, prefix: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(path, prefix, "must be a table")
-        self.path, self.prefix, self.data = path, prefix, data
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.path, self.key(name), problem)
-
-    def get(self, name: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
-        self.seen.add(name)
-        if name not in self.data:
-            if required or default is None:
-                raise self.error(name, "is required")
-            return default
-        value = self.data[name]
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            raise self.error(name, f"must be {_kind_name(kind)}, got {type(value).__name__} {value!r}")
-        return value
-
-    def optional(self, name: str, kind: type[T]) -> T | None:
-        if name not in self.data:
-            self.seen.add(name)
-            return None
-        return self.get(name, kind)
-
-    def convert(self, name: str, raw: Any, fn: Callable[[Any], T]) -> T:
-        try:
-            return fn(raw)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise self.error(name, str(exc)) from None
-
-    def table(self, name: str) -> _Table:
-        self.seen.add(name)
-        return _Table(self.path, self.key(name), self.data.get(name, {}))
-
-    def tables(self, name: str) -> list[_Table]:
-        self.seen.add(name)
-        items = self.data.get(name, [])
-        if not isinstance(items, list):
-            raise self.error(name, "must be an array of tables ([[...]])")
-        return [_Table(self.path, f"{self.key(name)}[{i}]", item) for i, item in enumerate(items)]
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise self.error(unknown[0], "unknown key")
-
-
-def _kind_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", bool: "true or false", list: "a list",
-            dict: "a table", date: "a date (YYYY-MM-DD)", float: "a number"}.get(kind, kind.__name__)
-
-
-def _address(table: _Table, name: str, default: str | None = None) -> str:
-    value = table.get(name, str, default)
-    if not _ADDRESS.match(value):
-        raise table.error(name, f"{value!r} is not an email address")
-    return value.lower()
-
-
-def _positive(table: _Table, name: str, default: int) -> int:
-    value = table.get(name, int, default)
-    if value < 1:
-        raise table.error(name, f"must be at least 1, got {value}")
-    return value
-
-
-def _duration(table: _Table, name: str, default: str) -> timedelta:
-    raw = table.get(name, str, default)
-    value = table.convert(name, raw, parse_duration)
-    if value <= timedelta(0):
-        raise table.error(name, "must be longer than zero")
-    return value
-
-
-def _path(base: Path, value: str) -> Path:
-    candidate = Path(value).expanduser()
-    return candidate if candidate.is_absolute() else (base / candidate)
-
-
 def _database_url(base: Path, state_dir: Path, raw: str | None) -> str:
     if raw is None:
         return f"sqlite:///{state_dir / 'parentgate.db'}"
     if raw.startswith("sqlite:///") and not raw.startswith("sqlite:////"):
         relative = raw[len("sqlite:///"):]
         if relative and relative != ":memory:":
-            return f"sqlite:///{_path(base, relative)}"
+            return f"sqlite:///{resolve_path(base, relative)}"
     return raw
 
 
@@ -307,10 +179,10 @@ def load(path: Path | str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "(syntax)", str(exc)) from None
     base = path.parent
-    root = _Table(path, "", data)
+    root = Table(path, "", data)
 
     gw = root.table("gateway")
-    state_dir = _path(base, gw.get("state_dir", str, "var"))
+    state_dir = resolve_path(base, gw.get("state_dir", str, "var"))
     database = _database_url(base, state_dir, gw.optional("database", str))
     if not database.startswith(("sqlite://", "postgresql")):
         raise gw.error("database", "must be a sqlite:/// or postgresql+psycopg:// URL")
@@ -325,15 +197,15 @@ def load(path: Path | str) -> Config:
         raise gw.error("log_level", "must be DEBUG, INFO, WARNING or ERROR")
     gateway = GatewayConfig(
         state_dir=state_dir, database=database, timezone=tz_name,
-        postmaster=_address(gw, "postmaster", "postmaster@localhost.localdomain"),
-        rules_dir=_path(base, rules_raw) if rules_raw else None, log_level=log_level,
-        retention=_duration(gw, "retention", "400d"))
+        postmaster=read_address(gw, "postmaster", "postmaster@localhost.localdomain"),
+        rules_dir=resolve_path(base, rules_raw) if rules_raw else None, log_level=log_level,
+        retention=read_duration(gw, "retention", "400d"))
     gw.finish()
 
     st = root.table("smtp")
     host, port = st.convert("listen", st.get("listen", str, "127.0.0.1:2525"), split_hostport)
     smtp = SmtpConfig(host=host, port=port, hostname=st.get("hostname", str, "parentgate.localdomain"),
-                      max_message_size=_positive(st, "max_message_size", 26214400))
+                      max_message_size=read_positive(st, "max_message_size", 26214400))
     st.finish()
 
     dl = root.table("delivery")
@@ -342,27 +214,27 @@ def load(path: Path | str) -> Config:
         raise dl.error("mode", f"must be \"maildir\" or \"smtp\", got {mode!r}")
     sh_host, sh_port = dl.convert("smarthost", dl.get("smarthost", str, "127.0.0.1:10026"), split_hostport)
     delivery = DeliveryConfig(
-        mode=mode, maildir_root=_path(base, dl.get("maildir_root", str, "var/mail")),
+        mode=mode, maildir_root=resolve_path(base, dl.get("maildir_root", str, "var/mail")),
         smarthost_host=sh_host, smarthost_port=sh_port,
-        retry_first_delay=_duration(dl, "retry_first_delay", "5m"),
-        retry_max_delay=_duration(dl, "retry_max_delay", "4h"),
-        lifetime=_duration(dl, "lifetime", "5d"), concurrency=_positive(dl, "concurrency", 20))
+        retry_first_delay=read_duration(dl, "retry_first_delay", "5m"),
+        retry_max_delay=read_duration(dl, "retry_max_delay", "4h"),
+        lifetime=read_duration(dl, "lifetime", "5d"), concurrency=read_positive(dl, "concurrency", 20))
     if delivery.retry_max_delay < delivery.retry_first_delay:
         raise dl.error("retry_max_delay", "must not be shorter than retry_first_delay")
     dl.finish()
 
     ack = root.table("acknowledge")
     acknowledge = AcknowledgeConfig(
-        enabled=ack.get("enabled", bool, True), period=_duration(ack, "period", "7d"),
-        respond_within=_positive(ack, "respond_within", 2),
-        max_per_sender_per_day=_positive(ack, "max_per_sender_per_day", 3))
+        enabled=ack.get("enabled", bool, True), period=read_duration(ack, "period", "7d"),
+        respond_within=read_positive(ack, "respond_within", 2),
+        max_per_sender_per_day=read_positive(ack, "max_per_sender_per_day", 3))
     ack.finish()
 
     lim = root.table("limits")
     limits = LimitsConfig(
-        family_messages_per_half_term=_positive(lim, "family_messages_per_half_term", 5),
-        thread_messages=_positive(lim, "thread_messages", 5),
-        long_message_words=_positive(lim, "long_message_words", 400))
+        family_messages_per_half_term=read_positive(lim, "family_messages_per_half_term", 5),
+        thread_messages=read_positive(lim, "thread_messages", 5),
+        long_message_words=read_positive(lim, "long_message_words", 400))
     lim.finish()
 
     schools = tuple(_school(t, tz_name, acknowledge.enabled) for t in root.tables("schools"))
@@ -390,7 +262,7 @@ def _check_unique(path: Path, key: str, values: list[str], what: str) -> None:
         seen.add(value)
 
 
-def _school(t: _Table, tz_name: str, ack_default: bool) -> SchoolConfig:
+def _school(t: Table, tz_name: str, ack_default: bool) -> SchoolConfig:
     school_id = t.get("id", str, required=True)
     if not re.match(r"^[A-Za-z0-9_-]+$", school_id):
         raise t.error("id", "use letters, digits, - and _ only")
@@ -399,7 +271,7 @@ def _school(t: _Table, tz_name: str, ack_default: bool) -> SchoolConfig:
         raise t.error("domains", "must be a non-empty list of domain names")
     domains = tuple(d.lower() for d in domains_raw)
     ack_from = t.optional("acknowledge_from", str) or f"no-reply@{domains[0]}"
-    if not _ADDRESS.match(ack_from):
+    if not ADDRESS.match(ack_from):
         raise t.error("acknowledge_from", f"{ack_from!r} is not an email address")
     ack_table = t.table("acknowledge")
     ack_enabled = ack_table.get("enabled", bool, ack_default)
@@ -445,14 +317,14 @@ def _school(t: _Table, tz_name: str, ack_default: bool) -> SchoolConfig:
         inset_days=frozenset(inset), nation=nation)
     school = SchoolConfig(
         id=school_id, name=t.get("name", str, school_id), domains=domains,
-        head_of_school=_address(t, "head_of_school"), office=_address(t, "office"),
-        office_phone=t.get("office_phone", str, ""), dsl=_address(t, "dsl"),
+        head_of_school=read_address(t, "head_of_school"), office=read_address(t, "office"),
+        office_phone=t.get("office_phone", str, ""), dsl=read_address(t, "dsl"),
         acknowledge_from=ack_from.lower(), acknowledge=ack_enabled, calendar=calendar)
     t.finish()
     return school
 
 
-def _credentials(t: _Table, base: Path, *, required: bool) -> Credentials | None:
+def _credentials(t: Table, base: Path, *, required: bool) -> Credentials | None:
     username = t.optional("username", str)
     password = t.optional("password", str)
     password_file = t.optional("password_file", str)
@@ -462,7 +334,7 @@ def _credentials(t: _Table, base: Path, *, required: bool) -> Credentials | None
         if password is not None:
             raise t.error("password_file", "give password or password_file, not both")
         try:
-            password = _path(base, password_file).read_text(encoding="utf-8").strip()
+            password = resolve_path(base, password_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise t.error("password_file", f"cannot be read ({exc.strerror})") from None
     if username is None:
@@ -476,7 +348,7 @@ def _credentials(t: _Table, base: Path, *, required: bool) -> Credentials | None
     return Credentials(username=username, password=password, oauth2=oauth)
 
 
-def _oauth2(t: _Table, base: Path) -> OAuth2Config:
+def _oauth2(t: Table, base: Path) -> OAuth2Config:
     provider = t.get("provider", str, required=True)
     if provider not in ("microsoft", "google"):
         raise t.error("provider", "must be \"microsoft\" or \"google\"")
@@ -484,13 +356,13 @@ def _oauth2(t: _Table, base: Path) -> OAuth2Config:
     secret_file = t.optional("client_secret_file", str)
     if secret_file:
         try:
-            secret = _path(base, secret_file).read_text(encoding="utf-8").strip()
+            secret = resolve_path(base, secret_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise t.error("client_secret_file", f"cannot be read ({exc.strerror})") from None
     sa_file = t.optional("service_account_file", str)
     config = OAuth2Config(provider=provider, tenant_id=t.get("tenant_id", str, ""),
                           client_id=t.get("client_id", str, ""), client_secret=secret or "",
-                          service_account_file=_path(base, sa_file) if sa_file else None)
+                          service_account_file=resolve_path(base, sa_file) if sa_file else None)
     if provider == "microsoft" and not (config.tenant_id and config.client_id and config.client_secret):
         raise t.error("tenant_id", "microsoft needs tenant_id, client_id and client_secret")
     if provider == "google" and config.service_account_file is None:
@@ -499,7 +371,7 @@ def _oauth2(t: _Table, base: Path) -> OAuth2Config:
     return config
 
 
-def _mailbox(t: _Table, base: Path, school_ids: set[str]) -> MailboxConfig:
+def _mailbox(t: Table, base: Path, school_ids: set[str]) -> MailboxConfig:
     school = t.get("school", str, required=True)
     if school not in school_ids:
         raise t.error("school", f"no [[schools]] has id {school!r}")
@@ -519,12 +391,12 @@ def _mailbox(t: _Table, base: Path, school_ids: set[str]) -> MailboxConfig:
         tls=tls, credentials=credentials, folder=folder,
         held_folder=t.get("held_folder", str, "Held until school opens"),
         review_folder=t.get("review_folder", str, "With the Head of School"),
-        backfill_since=since, poll_interval=_duration(t, "poll_interval", "60s"))
+        backfill_since=since, poll_interval=read_duration(t, "poll_interval", "60s"))
     t.finish()
     return mailbox
 
 
-def _submission(t: _Table, base: Path) -> SubmissionConfig:
+def _submission(t: Table, base: Path) -> SubmissionConfig:
     host = t.get("host", str, required=True)
     starttls = t.get("starttls", bool, True)
     submission = SubmissionConfig(host=host, port=t.get("port", int, 587), starttls=starttls,
