@@ -33,6 +33,7 @@ class Flag(str, Enum):
     SHOUTING = "shouting"
     NON_ENGLISH = "non_english"
     UNREADABLE = "unreadable"
+    MALFORMED = "malformed"
     FAMILY_LIMIT = "family_limit"
     THREAD_LIMIT = "long_thread"
     LONG_MESSAGE = "long_message"

@@ -106,12 +106,18 @@ def language_reason(text: str, thresholds: Thresholds, models: Models) -> tuple[
                                   "an interpreter may be needed")
 
 
+# Defects of the envelope of the text (headers, structure) rather than of the text itself: the
+# content was read in full, so they are "malformed", not "unreadable".
+_HEADER_DEFECTS = frozenset({"raw-8bit-header", "missing-date", "bad-date"})
+
+
 def unreadable_reasons(facts: Facts) -> list[Reason]:
     """What could not be read, so staff know the message was triaged on part of its content."""
-    reasons = [Reason(defect, Flag.UNREADABLE, _DEFECTS[defect]) for defect in facts.defects if defect in _DEFECTS]
+    reasons = [Reason(defect, Flag.MALFORMED if defect in _HEADER_DEFECTS else Flag.UNREADABLE, _DEFECTS[defect])
+               for defect in facts.defects if defect in _DEFECTS]
     mime = [d.split(":", 1)[1] for d in facts.defects if d.startswith("mime-defect:")]
     if mime:
-        reasons.append(Reason("mime-defect", Flag.UNREADABLE, "malformed MIME: " + ", ".join(mime)))
+        reasons.append(Reason("mime-defect", Flag.MALFORMED, "malformed MIME: " + ", ".join(mime)))
     if not facts.text.strip():
         what = "only attachments, which are not read" if facts.attachments else "no readable text"
         reasons.append(Reason("empty-body", Flag.UNREADABLE, f"the message body has {what}"))

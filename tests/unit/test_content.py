@@ -378,3 +378,12 @@ def test_safeguarding_in_unseen_wording_reaches_the_dsl(rules: RuleSet, body: st
 ])
 def test_routine_mail_with_warning_words_stays_off_the_dsl(rules: RuleSet, body: str) -> None:
     assert judged(rules, body)[0] is not Route.DSL
+
+
+def test_a_missing_date_is_malformed_while_an_undecodable_body_is_unreadable(rules: RuleSet) -> None:
+    no_date = parse_message(b"From: p@example.com\r\nTo: t@school.example\r\nSubject: PE\r\n\r\nIs PE on Friday?\r\n")
+    flags = {r.flag for r in classify(no_date, rules).reasons}
+    assert Flag.MALFORMED in flags and Flag.UNREADABLE not in flags
+    bad = parse_message(b"From: p@example.com\r\nTo: t@school.example\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\n"
+                        b"Content-Type: text/plain; charset=x-no-such-charset\r\n\r\nCaf\xe9 tomorrow?\r\n")
+    assert Flag.UNREADABLE in {r.flag for r in classify(bad, rules).reasons}
