@@ -9,8 +9,10 @@ sender per interval limit needs the database and is applied by the caller.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from enum import Enum
 
+from gateway.domain.calendar import SchoolCalendar
 from gateway.domain.facts import Facts
 from gateway.domain.findings import Route
 
@@ -190,3 +192,28 @@ def _is_own_domain(domain: str, own_domains: frozenset[str]) -> bool:
         if own and (domain == own or domain.endswith("." + own)):
             return True
     return False
+
+
+def closure_for_reply(calendar: SchoolCalendar, at: datetime) -> tuple[str, str | None]:
+    """The closure an acknowledgement should describe, and the break's name when there is one.
+
+    Mail sent after school on the last day of term is "out of hours" by the clock, but what the
+    parent needs to hear is that the school is breaking up: when a holiday lies between `at` and
+    the next opening, the holiday wording (and that break's name) is used.
+    """
+    closure = calendar.closure(at)
+    local_day = at.astimezone(calendar.tz).date()
+    if closure == "holiday":
+        return closure, calendar.break_name(local_day)
+    if closure == "open":
+        return closure, None
+    try:
+        reopen = calendar.next_opening(at).astimezone(calendar.tz).date()
+    except ValueError:
+        return closure, None
+    day = local_day + timedelta(days=1)
+    while day < reopen:
+        if calendar.day_info(day).reason == "holiday":
+            return "holiday", calendar.break_name(day)
+        day += timedelta(days=1)
+    return closure, None

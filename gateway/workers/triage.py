@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
-from gateway.decide.acknowledge import make_message_id, template_for
+from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
 from gateway.domain.states import State
 from gateway.store import memory
 from gateway.store.models import MessageRow
@@ -38,11 +38,15 @@ class TriageWorker:
         self.rt = rt
         self._judge = judge_fn
         self._pool = pool
+        self._next: list[MessageRow] = []
 
     async def run_once(self) -> int:
         """Triage one batch of received messages; returns how many were claimed."""
         rt = self.rt
-        rows = await rt.db.run(lambda s: _claim(s, rt))
+        # The batch claimed with the previous one's results, else a fresh claim.
+        rows, self._next = self._next, []
+        if not rows:
+            rows = await rt.db.run(lambda s: _claim(s, rt))
         if not rows:
             return 0
         rules = rt.rules
@@ -51,7 +55,8 @@ class TriageWorker:
             judged = await self._pool.judge_all(raws, rules)
         else:
             judged = await asyncio.to_thread(judge_each, raws, self._judge or (lambda raw: judge(raw, rules)))
-        await rt.db.run(lambda s: self._apply_all(s, [r.id for r in rows], judged))
+        ids = [r.id for r in rows]
+        self._next = await rt.db.run(lambda s: self._apply_and_claim(s, ids, judged))
         rt.wake_delivery()
         return len(rows)
 
@@ -60,6 +65,14 @@ class TriageWorker:
         while n := await self.run_once():
             total += n
         return total
+
+    def _apply_and_claim(self, session: Session, ids: list[int], judged: list[Judged | BaseException]) -> list[MessageRow]:
+        """One batch's results and the claim of the next batch in one transaction (one commit, not two).
+
+        The claimed rows stay leased to this worker: the next `run_once` triages them (a worker
+        dropped in between leaves leases that expire, like one that crashed)."""
+        self._apply_all(session, ids, judged)
+        return _claim(session, self.rt)
 
     def _apply_all(self, session: Session, ids: list[int], judged: list[Judged | BaseException]) -> None:
         now = self.rt.clock.now()
@@ -145,17 +158,16 @@ def _add_acknowledgement(session: Session, rt: Runtime, row: MessageRow, ev: Eva
     school, calendar = ev.school, ev.school.calendar
     tz = calendar.tz
     at = row.received_at
-    closure = calendar.closure(at)
+    closure, break_name = closure_for_reply(calendar, at)
     try:
         reopen = None if closure == "open" else calendar.next_opening(at).astimezone(tz).date()
         reply_by = calendar.reply_by(at, rt.config.acknowledge.respond_within)
     except ValueError:
         reopen, reply_by = None, at.astimezone(tz).date()
-    local_day = at.astimezone(tz).date()
     body = render_acknowledgement(
         rt.templates_dir, template_for(ev.ack, closure), school_name=school.name,
         parent_name=ev.facts.from_name or None, reply_by=reply_by, reopen_date=reopen,
-        break_name=calendar.break_name(local_day) if closure == "holiday" else None,
+        break_name=break_name,
         office_phone=school.office_phone, now=now.astimezone(tz))
     data = compose_acknowledgement(
         original=ev.facts, to_addr=row.mail_from, from_addr=school.acknowledge_from, from_name=school.name,
