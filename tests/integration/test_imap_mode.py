@@ -84,14 +84,18 @@ async def test_mail_arriving_while_closed_moves_to_the_held_folder_and_back_unre
     assert gw.state_of(row.id) == "delivered"
 
 
-async def test_long_message_moves_to_the_review_folder_and_the_head_gets_a_summary(closed_school, dovecot, sink):
+@pytest.mark.parametrize("body", [
+    "I am writing about several matters this term. " * 30,
+    "You are a useless, incompetent excuse for a teacher. Sort it out by Friday or I go to the papers.",
+], ids=["long", "hostile"])
+async def test_long_or_hostile_message_moves_to_the_review_folder_and_the_head_gets_a_summary(closed_school, dovecot,
+                                                                                           sink, body):
     gw = closed_school
     gw.clock.set(TUESDAY)
     assert await wait_for(lambda: count(dovecot, REVIEW) == 0, 10)
     with imap(dovecot) as c:
         c.append("INBOX", wire(message(sender="Parent <parent2@example.com>", to=f"alice@{DOMAIN}",
-                                       subject="Several matters",
-                                       body="I am writing about several matters this term. " * 30)))
+                                       subject="Several matters", body=body)))
     assert await settle_until(gw, lambda: count(dovecot, REVIEW) == 1 and count(dovecot, "INBOX") == 0, 5.0)
     assert await settle_until(gw, lambda: len(sink.to(HEAD)) == 1)
     # The parent is acknowledged through the outbound route too.
