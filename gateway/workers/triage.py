@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
 from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
 from gateway.domain.states import State
-from gateway.store import memory
 from gateway.store.models import MessageRow
 from gateway.store.queue import claim_messages, transition
 from gateway.workers.dispatch import complete_if_done, enqueue, imap_move, outbox_row
@@ -192,6 +191,3 @@ def _add_review_summary(session: Session, rt: Runtime, row: MessageRow, ev: Eval
     session.add(outbox_row(row, "summary", mail_from=rt.config.gateway.postmaster, rcpts=[school.head_of_school],
                            now=now, payload=data))
 
-
-def family_label(session: Session, school: str, address: str) -> str:
-    return memory.family_for(session, school, address).label
