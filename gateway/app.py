@@ -130,6 +130,10 @@ class Daemon:
         delivery.stop()
         tasks[0].cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await triage.unclaim()
+        except Exception:  # noqa: BLE001 - the leases then expire, as after a crash
+            log.exception("could not give back the triage batch claimed ahead")
         await asyncio.to_thread(self.judges.close)
         await primary.close()
         if outbound is not None:

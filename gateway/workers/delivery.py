@@ -207,11 +207,11 @@ def _claim(session: Session, rt: Runtime, limit: int) -> list[Job]:
         return []
     rows = claim_outbox(session, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=limit)
     jobs: list[Job] = []
-    cache: dict[int, MessageRow | None] = {}
+    # The batch's messages in one query rather than one per row (those already in the session included).
+    wanted = sorted({row.message for row in rows})
+    cache = {m.id: m for m in session.scalars(select(MessageRow).where(MessageRow.id.in_(wanted)))} if wanted else {}
     for row in rows:
-        if row.message not in cache:
-            cache[row.message] = session.get(MessageRow, row.message)
-        message = cache[row.message]
+        message = cache.get(row.message)
         if message is None:
             continue
         if row.payload is not None:

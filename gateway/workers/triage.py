@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
@@ -59,13 +59,23 @@ class TriageWorker:
         rt.wake_delivery()
         return len(rows)
 
+    async def unclaim(self) -> int:
+        """Give back the batch claimed ahead (on stopping): its leases go, and its claims count as
+        untried, so a clean stop never brings a message nearer to quarantine."""
+        ids, self._next = [r.id for r in self._next], []
+        if not ids:
+            return 0
+        owner = self.rt.owner
+        return await self.rt.db.run(lambda s: _unclaim(s, ids, owner))
+
     async def run_until_idle(self) -> int:
         total = 0
         while n := await self.run_once():
             total += n
         return total
 
-    def _apply_and_claim(self, session: Session, ids: list[int], judged: list[Judged | BaseException]) -> list[MessageRow]:
+    def _apply_and_claim(self, session: Session, ids: list[int],
+                         judged: list[Judged | BaseException]) -> list[MessageRow]:
         """One batch's results and the claim of the next batch in one transaction (one commit, not two).
 
         The claimed rows stay leased to this worker: the next `run_once` triages them (a worker
@@ -113,6 +123,13 @@ class TriageWorker:
 
 def _ack_key(ev: Evaluation) -> tuple[str, str] | None:
     return (ev.sender, ev.ack.value) if ev.ack is not None else None
+
+
+def _unclaim(session: Session, ids: list[int], owner: str) -> int:
+    result = session.execute(update(MessageRow).where(
+        MessageRow.id.in_(ids), MessageRow.state == State.RECEIVED.value, MessageRow.lease_owner == owner,
+        MessageRow.claims > 0).values(lease_owner=None, lease_until=None, claims=MessageRow.claims - 1))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _claim(session: Session, rt: Runtime) -> list[MessageRow]:
