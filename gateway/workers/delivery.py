@@ -97,7 +97,8 @@ class DeliveryWorker:
             done, _ = await asyncio.wait([*in_flight, waker], return_when=asyncio.FIRST_COMPLETED)
             if waker not in done:
                 waker.cancel()
-            finished = [(in_flight.pop(t), t.result()) for t in done if t is not waker]
+            # Iterate over our own tasks (not `done`, which also holds the wake-up task).
+            finished = [(in_flight.pop(task), task.result()) for task in [t for t in in_flight if t in done]]
             if finished:
                 # The outcomes and the next claim in one transaction: one commit (one disk flush)
                 # instead of two. Rows that fall due later wake the loop, which claims them above.
@@ -235,3 +236,4 @@ def requeue(session: Session, message: MessageRow, *, actor: str, now: datetime)
         row.finished_at, row.last_error = None, None
     transition(session, message, State.QUEUED, actor=actor, now=now, reason=f"requeued {len(rows)} delivery row(s)")
     return len(rows)
+
