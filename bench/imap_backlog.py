@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import grp
 import os
-import platform
-import pwd
 import random
 import resource
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -46,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from imapclient import IMAPClient  # noqa: E402
 
+from bench.machine import describe  # noqa: E402
 from gateway.act.mailbox import FETCH_BATCH  # noqa: E402
+from tests.integration.dovecot import Dovecot as TestDovecot, dovecot_binary  # noqa: E402
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -72,29 +70,10 @@ def free_port() -> int:
 
 
 def machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count() or 0
-    info = {"nproc": str(nproc), "cpu": model, "python": f"{platform.python_version()} ({sys.executable})",
-            "kernel": platform.release(), "sqlite": sqlite3.sqlite_version}
-    try:
-        from importlib.metadata import version
-        info["imapclient"] = version("imapclient")
-    except Exception:  # noqa: BLE001 - informational only
-        pass
+    info = describe("imapclient")
     r = subprocess.run([dovecot_binary() or "dovecot", "--version"], capture_output=True, text=True)
     if r.returncode == 0:
         info["dovecot"] = r.stdout.strip()
-    info["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return info
 
 
@@ -130,72 +109,8 @@ def judge_pool_cpu() -> float:
 
 # ------------------------------------------------------------------------------------------- Dovecot
 
-def dovecot_binary() -> str | None:
-    return shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.access("/usr/sbin/dovecot", os.X_OK) else None)
-
-
-def _alive(pid: int) -> bool:
-    # A daemonised master is reparented to PID 1; until reaped it lingers as a zombie.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-@dataclass
-class Dovecot:
-    """A private Dovecot on 127.0.0.1 (adapted from tests/integration/dovecot.py; the bench does not
-    import tests/). Plain IMAP, passwd-file users, config and maildirs under `directory`, sockets in a
-    short private /tmp dir. As root, login runs as dovenull and mail as nobody, chrooted into the mail
-    directory, because Dovecot refuses uid 0."""
-
-    directory: Path
-    port: int
-    users: dict[str, str] = field(default_factory=lambda: {USER: PASSWORD})
-    _pid: int | None = None
-    _run: Path | None = None
-
-    @property
-    def prefix(self) -> str:
-        return f"dovecot-bench-{self.port}"
-
-    @property
-    def run_dir(self) -> Path:
-        # Unix socket paths are limited to 107 bytes.
-        if self._run is None:
-            self._run = Path(tempfile.mkdtemp(prefix="pg-dovecot-"))
-            os.chmod(self._run, 0o755)
-        return self._run
-
-    def start(self, wait_s: float = 15.0) -> None:
-        binary = dovecot_binary()
-        if binary is None:
-            raise SystemExit("dovecot is not installed (apt-get install -y dovecot-imapd)")
-        config = self._write_config()
-        pid_file = self.run_dir / "master.pid"
-        pid_file.unlink(missing_ok=True)
-        # The daemonised master keeps inherited pipes open, so never capture its output.
-        with open(self.directory / "start.log", "ab") as out:
-            subprocess.run([binary, "-c", str(config)], check=True, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
-                    if conn.recv(64).startswith(b"* OK"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log = self.directory / "dovecot.log"
-                text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise RuntimeError(f"dovecot did not answer on 127.0.0.1:{self.port}:\n{text}")
-            time.sleep(0.05)
-        while not pid_file.exists() or not pid_file.read_text().strip():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"dovecot wrote no {pid_file}")
-            time.sleep(0.02)
-        self._pid = int(pid_file.read_text().strip())
+class Dovecot(TestDovecot):
+    """The test suite's private Dovecot (tests/integration/dovecot.py), plus CPU accounting."""
 
     def cpu(self) -> float:
         """CPU seconds used so far by this instance: the master with its reaped children (imap,
@@ -204,110 +119,6 @@ class Dovecot:
             return 0.0
         ticks = _ticks(self._pid, True) + sum(_ticks(pid, False) for pid in self._instance_pids())
         return ticks / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        """SIGTERM the master and wait until it has exited; then end its leftover imap processes."""
-        if self._pid is not None:
-            pid, self._pid = self._pid, None
-            try:
-                os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 10
-                while _alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            for child in self._instance_pids():
-                try:
-                    os.kill(child, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._run is not None:
-            shutil.rmtree(self._run, ignore_errors=True)
-            self._run = None
-
-    def _instance_pids(self) -> list[int]:
-        prefix, pids = f"{self.prefix}/".encode(), []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if (entry / "cmdline").read_bytes().startswith(prefix) and _alive(int(entry.name)):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-        return pids
-
-    def _write_config(self) -> Path:
-        d = self.directory.resolve()
-        for sub in ("state", "mail"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o755)
-        os.chmod(d / "mail", 0o755)
-        me, my_group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
-        if os.getuid() == 0:
-            login_user, mail = "dovenull", pwd.getpwnam("nobody")
-            mail_uid, mail_gid = mail.pw_uid, mail.pw_gid
-            home, chroot, login_chroot, anvil = f"{d}/mail/./%u", f"valid_chroot_dirs = {d}/mail", "", ""
-        else:
-            login_user, mail_uid, mail_gid = me, os.getuid(), os.getgid()
-            home, chroot, login_chroot = f"{d}/mail/%u", "", "chroot ="
-            anvil = "service anvil {\n  chroot =\n}"
-        lines = []
-        for user, password in self.users.items():
-            lines.append(f"{user}:{{PLAIN}}{password}::::::")
-            maildir = d / "mail" / user
-            maildir.mkdir(exist_ok=True)
-            os.chown(maildir, mail_uid, mail_gid)
-            os.chmod(maildir, 0o700)
-        (d / "passwd").write_text("\n".join(lines) + "\n")
-        os.chmod(d / "passwd", 0o600)
-        config = d / "dovecot.conf"
-        config.write_text(f"""\
-instance_name = {self.prefix}
-base_dir = {self.run_dir}
-state_dir = {d}/state
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-log_path = {d}/dovecot.log
-default_internal_user = {me}
-default_internal_group = {my_group}
-default_login_user = {login_user}
-first_valid_uid = {mail_uid}
-last_valid_uid = {mail_uid}
-{chroot}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {d}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={mail_uid} gid={mail_gid} home={home}
-}}
-mail_location = maildir:~/Maildir
-service imap-login {{
-  {login_chroot}
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-{anvil}
-protocol imap {{
-  mail_max_userip_connections = 200
-}}
-""")
-        return config
 
 
 def imap(server: Dovecot) -> IMAPClient:
@@ -557,7 +368,7 @@ async def _parentgate(work: Path, server: Dovecot, n: int, result: Result) -> No
 
     config, rules = load_all(gateway_config(work / "gateway", server))
     rt = build_runtime(config, rules, clock=FixedClock(SATURDAY))
-    judges = JudgePool(rules_dir(config), rules.digest)
+    judges = JudgePool(rules_dir(config))
     transport = delivery_transport(config)
     try:
         # The judge processes start and load the rules before the clock starts, as in a running daemon.

@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
 import smtplib
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import describe  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "scripts"
@@ -101,26 +103,7 @@ def stop_process(proc: subprocess.Popen, *, group: bool, timeout: float = 15.0) 
 
 
 def machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count() or 0
-    info = {"nproc": str(nproc), "cpu": model, "python": f"{platform.python_version()} ({sys.executable})",
-            "kernel": platform.release(), "sqlite": sqlite3.sqlite_version,
-            "load average": " ".join(f"{x:.2f}" for x in os.getloadavg())}
-    try:
-        from importlib.metadata import version
-        info["aiosmtpd"] = version("aiosmtpd")
-    except Exception:  # noqa: BLE001 - informational only
-        pass
+    info = describe("aiosmtpd")
     if Path("/usr/sbin/postconf").exists():
         r = subprocess.run(["/usr/sbin/postconf", "-d", "-h", "mail_version"], capture_output=True, text=True)
         if r.returncode == 0:

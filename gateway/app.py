@@ -76,7 +76,7 @@ class Daemon:
         self.rt.config, self.rt.rules = config, rules
         self.rt.templates_dir = rules_dir(config) / "templates"
         if self.judges is not None:
-            self.judges.reload(rules_dir(config), rules.digest)
+            self.judges.reload(rules_dir(config))
         log.info("configuration and rules reloaded (rules %s)", rules.digest[:12])
 
     async def _triage_loop(self, worker: TriageWorker) -> None:
@@ -110,7 +110,7 @@ class Daemon:
         inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set)
         inbox.start()
         server = await start_server(lambda: rt.config, inbox)
-        self.judges = JudgePool(rules_dir(rt.config), rt.rules.digest)
+        self.judges = JudgePool(rules_dir(rt.config))
         triage = TriageWorker(rt, pool=self.judges)
         tasks = [asyncio.create_task(self._triage_loop(triage), name="triage"),
                  asyncio.create_task(delivery.run(), name="delivery")]

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.domain.states import OutboxState, State, allowed
@@ -114,14 +114,3 @@ def clear_leases(session: Session, owner: str | None = None) -> int:
         total += int(getattr(result, "rowcount", 0) or 0)
     return total
 
-
-def next_due(session: Session, now: datetime) -> datetime | None:
-    """When the next outbox row or held message falls due (for the scheduler to sleep until)."""
-    out = session.scalar(select(OutboxRow.not_before).where(
-        OutboxRow.state.in_((OutboxState.PENDING.value, OutboxState.DEFERRED.value)))
-        .order_by(OutboxRow.not_before).limit(1))
-    held = session.scalar(select(MessageRow.release_at).where(
-        and_(MessageRow.state == State.HELD.value, MessageRow.release_at.is_not(None)))
-        .order_by(MessageRow.release_at).limit(1))
-    candidates = [t for t in (out, held) if t is not None]
-    return min(candidates) if candidates else None

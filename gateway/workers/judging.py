@@ -91,8 +91,8 @@ def default_workers() -> int:
 class JudgePool:
     """A process pool for `judge`, recreated on a rules reload and after a worker died."""
 
-    def __init__(self, rules_dir: Path, digest: str, *, workers: int | None = None) -> None:
-        self._rules_dir, self._digest = rules_dir, digest
+    def __init__(self, rules_dir: Path, *, workers: int | None = None) -> None:
+        self._rules_dir = rules_dir
         self._workers = workers or default_workers()
         self._pool = self._new_pool()
 
@@ -105,10 +105,10 @@ class JudgePool:
             pool.submit(_warm_up)
         return pool
 
-    def reload(self, rules_dir: Path, digest: str) -> None:
+    def reload(self, rules_dir: Path) -> None:
         """New rules: new workers. Batches already running on the old workers finish there."""
         old = self._pool
-        self._rules_dir, self._digest = rules_dir, digest
+        self._rules_dir = rules_dir
         self._pool = self._new_pool()
         old.shutdown(wait=False)
 

@@ -37,7 +37,6 @@ class Runtime:
     owner: str = field(default_factory=make_owner)
     wake_delivery: Callable[[], None] = lambda: None
     wake_triage: Callable[[], None] = lambda: None
-    wake_release: Callable[[], None] = lambda: None
 
 
 class Wakeup:

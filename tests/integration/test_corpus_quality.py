@@ -1,4 +1,4 @@
-"""Route quality on the labelled development corpus, and robustness on mail from the wild.
+"""Route quality on the labelled corpora (dev, held-out, spot-check), and robustness on mail from the wild.
 
 The corpus is a sample; parentgate is judged on mail it has never seen, so no rule may
 special-case these messages. The floors are the issue's: safeguarding recall 1.0, route
@@ -34,33 +34,42 @@ def rules() -> RuleSet:
     return load_rules(default_rules_dir())
 
 
-def _labels() -> dict[str, dict[str, object]]:
-    rows = (json.loads(line) for line in (CORPUS / "dev" / "labels.jsonl").read_text(encoding="utf-8").splitlines()
+def _labels(folder: Path) -> dict[str, dict[str, object]]:
+    rows = (json.loads(line) for line in (folder / "labels.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip())
     return {str(row["file"]): row for row in rows}
 
 
-def test_dev_corpus_route_quality(rules: RuleSet) -> None:
-    labels = _labels()
+# The dev corpus (tuned on) must meet the issue's floor; the held-out sets, written blind and
+# then used for tuning (their READMEs give the first-run figures), guard against regressions.
+SETS = [("dev", 90, 90, 0.90), ("heldout", 80, None, 0.85), ("spotcheck", 40, None, 0.85)]
+
+
+@pytest.mark.parametrize("name,at_least,exactly,floor", SETS, ids=[s[0] for s in SETS])
+def test_labelled_corpus_route_quality(rules: RuleSet, name: str, at_least: int, exactly: int | None,
+                                       floor: float) -> None:
+    folder = CORPUS / name
+    labels = _labels(folder)
+    assert len(labels) >= at_least and (exactly is None or len(labels) == exactly)
+    assert all((folder / file).is_file() for file in labels)
     results: list[tuple[str, str, str, str]] = []
-    for name, label in sorted(labels.items()):
-        findings = triage(parse_message((CORPUS / "dev" / name).read_bytes()), CONTEXT, rules)
-        results.append((name, str(label["route"]), route_for(findings).value, str(label["tone"])))
+    for file, label in sorted(labels.items()):
+        findings = triage(parse_message((folder / file).read_bytes()), CONTEXT, rules)
+        results.append((file, str(label["route"]), route_for(findings).value, str(label["tone"])))
     confusion: dict[str, Counter[str]] = defaultdict(Counter)
     for _, want, got, _ in results:
         confusion[want][got] += 1
-    print("\nconfusion (rows labelled, columns routed):")
+    print(f"\n{name} confusion (rows labelled, columns routed):")
     print(" " * 16 + "".join(f"{route:>16}" for route in ROUTES))
     for want in ROUTES:
         print(f"{want:>16}" + "".join(f"{confusion[want][got]:>16}" for got in ROUTES))
     accuracy = sum(want == got for _, want, got, _ in results) / len(results)
     dsl = [got for _, want, got, _ in results if want == "dsl"]
-    abusive_to_staff = [name for name, _, got, tone in results if tone == "abusive" and got == "staff"]
-    wrong = [(name, want, got) for name, want, got, _ in results if want != got]
+    abusive_to_staff = [file for file, _, got, tone in results if tone == "abusive" and got == "staff"]
+    wrong = [(file, want, got) for file, want, got, _ in results if want != got]
     print(f"accuracy {accuracy:.3f}; dsl recall {dsl.count('dsl')}/{len(dsl)}; misrouted {wrong}")
-    assert len(results) == 90
     assert dsl.count("dsl") == len(dsl), "every safeguarding message must reach the DSL"
-    assert accuracy >= 0.90
+    assert accuracy >= floor
     assert abusive_to_staff == []
 
 

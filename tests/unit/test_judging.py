@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 
@@ -26,7 +27,7 @@ def _raws() -> list[bytes]:
 
 def test_pool_judges_like_the_daemon_in_order(rules) -> None:
     raws = _raws() + [b"\xff\xfe not a message at all"]
-    pool = JudgePool(default_rules_dir(), rules.digest, workers=2)
+    pool = JudgePool(default_rules_dir(), workers=2)
     try:
         results = asyncio.run(pool.judge_all(raws, rules))
     finally:
@@ -35,10 +36,10 @@ def test_pool_judges_like_the_daemon_in_order(rules) -> None:
 
 
 def test_reload_starts_new_workers_and_keeps_judging(rules) -> None:
-    pool = JudgePool(default_rules_dir(), rules.digest, workers=1)
+    pool = JudgePool(default_rules_dir(), workers=1)
     try:
         first = asyncio.run(pool.judge_all(_raws()[:1], rules))
-        pool.reload(default_rules_dir(), rules.digest)
+        pool.reload(default_rules_dir())
         second = asyncio.run(pool.judge_all(_raws()[:1], rules))
     finally:
         pool.close()
@@ -46,17 +47,19 @@ def test_reload_starts_new_workers_and_keeps_judging(rules) -> None:
 
 
 def test_other_rules_on_disk_are_not_used(rules) -> None:
-    # The workers were started for another digest than the daemon's rules: the daemon's rules win.
-    pool = JudgePool(default_rules_dir(), "not-the-daemons-digest", workers=1)
+    # The daemon's rules differ from what the workers loaded (a reload raced a batch): the workers'
+    # answers are not used; the daemon judges the batch itself with its own rules.
+    pool = JudgePool(default_rules_dir(), workers=1)
+    daemons = dataclasses.replace(rules, digest="not-the-workers-digest")
     try:
-        results = asyncio.run(pool.judge_all(_raws()[:2], rules))
+        results = asyncio.run(pool.judge_all(_raws()[:2], daemons))
     finally:
         pool.close()
     assert results == [judge(raw, rules) for raw in _raws()[:2]]
 
 
 def test_a_dead_worker_fails_the_batch_and_is_replaced(rules) -> None:
-    pool = JudgePool(default_rules_dir(), rules.digest, workers=1)
+    pool = JudgePool(default_rules_dir(), workers=1)
 
     async def scenario() -> None:
         await pool.judge_all(_raws()[:1], rules)
