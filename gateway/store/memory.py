@@ -108,13 +108,26 @@ def count_family(session: Session, school: str, family: str, half_term: str,
 def resolve_thread(session: Session, *, school: str, family: str, subject: str, ref_ids: list[str],
                    now: datetime, create: bool = True) -> int | None:
     """Thread identity from References / In-Reply-To, else normalised subject + family + school."""
-    if ref_ids:
-        found = session.scalar(select(MessageRow.thread_id).where(
-            MessageRow.school == school, MessageRow.message_id.in_(ref_ids[-50:]),
-            MessageRow.thread_id.is_not(None)).limit(1))
-        if found is not None:
-            return int(found)
-    key = subject_key(subject)
+    found = thread_by_refs(session, school, ref_ids)
+    if found is not None:
+        return found
+    return thread_by_subject(session, school=school, family=family, key=subject_key(subject), now=now,
+                             create=create)
+
+
+def thread_by_refs(session: Session, school: str, ref_ids: list[str]) -> int | None:
+    """The thread of a message this one refers to (References / In-Reply-To), if we have one."""
+    if not ref_ids:
+        return None
+    found = session.scalar(select(MessageRow.thread_id).where(
+        MessageRow.school == school, MessageRow.message_id.in_(ref_ids[-50:]),
+        MessageRow.thread_id.is_not(None)).limit(1))
+    return int(found) if found is not None else None
+
+
+def thread_by_subject(session: Session, *, school: str, family: str, key: str, now: datetime,
+                      create: bool) -> int | None:
+    """The family's thread with this subject key, created when asked for and missing."""
     row = session.scalar(select(ThreadRow).where(ThreadRow.school == school, ThreadRow.family == family,
                                                  ThreadRow.subject_key == key).limit(1))
     if row is None:

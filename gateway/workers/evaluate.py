@@ -71,6 +71,10 @@ class Batch:
     families: dict[tuple[str, str], memory.Family] = field(default_factory=dict)
     stored_family_counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     stored_thread_counts: dict[int, int] = field(default_factory=dict)
+    # Read once per batch: the subject threads, and what the database says of each sender's acks.
+    threads: dict[tuple[str, str, str], int | None] = field(default_factory=dict)
+    acked_before: dict[tuple[str, str], bool] = field(default_factory=dict)
+    acks_today: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rows: dict[int, Standing]) -> Batch:
@@ -92,6 +96,8 @@ class Batch:
         self._add(after, 1)
         if ack is not None:
             self.acks.add(ack)
+            if ack[0] in self.acks_today:
+                self.acks_today[ack[0]] += 1
 
     def family_count(self, session: Session, school: str, family: str, half_term: str) -> int:
         key = (school, family, half_term)
@@ -103,6 +109,44 @@ class Batch:
         if thread_id not in self.stored_thread_counts:
             self.stored_thread_counts[thread_id] = memory.count_thread(session, thread_id, self.ids)
         return self.stored_thread_counts[thread_id] + self.thread_counts[thread_id]
+
+    def forget_reads(self) -> None:
+        """After a rolled-back savepoint: what was read or created inside it may be gone."""
+        self.threads.clear()
+        self.acked_before.clear()
+        self.acks_today.clear()
+        self.stored_family_counts.clear()
+        self.stored_thread_counts.clear()
+        self.families.clear()
+
+    def thread_for(self, session: Session, *, school: str, family: str, subject: str, ref_ids: list[str],
+                   now: datetime, create: bool) -> int | None:
+        if ref_ids:
+            # A reply may quote a message triaged earlier in this batch: its thread must be in the database.
+            session.flush()
+            found = memory.thread_by_refs(session, school, ref_ids)
+            if found is not None:
+                return found
+        key = (school, family, memory.subject_key(subject))
+        if self.threads.get(key) is None:
+            self.threads[key] = memory.thread_by_subject(session, school=school, family=family, key=key[2],
+                                                         now=now, create=create)
+        return self.threads[key]
+
+    def acknowledged_recently(self, session: Session, sender: str, kind: str, since: datetime) -> bool:
+        """Handed to the outbox earlier in this batch (maybe not flushed yet), or so the database says."""
+        if (sender, kind) in self.acks:
+            return True
+        if (sender, kind) not in self.acked_before:
+            self.acked_before[(sender, kind)] = memory.acknowledged_recently(session, sender, kind, since)
+        return self.acked_before[(sender, kind)]
+
+    def acknowledgements_today(self, session: Session, sender: str, now: datetime) -> int:
+        """Every acknowledgement row to the sender in the last day, this batch's included."""
+        if sender not in self.acks_today:
+            session.flush()
+            self.acks_today[sender] = memory.acknowledgements_today(session, sender, now)
+        return self.acks_today[sender]
 
     def family_for(self, session: Session, school: str, address: str) -> memory.Family:
         key = (school, memory.normalise_address(address))
@@ -149,11 +193,12 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
         previous = (batch.family_count(session, school.id, family.key, key) if batch
                     else memory.count_family(session, school.id, family.key, key))
     refs = list(facts.references) + ([facts.in_reply_to] if facts.in_reply_to else [])
-    if batch is not None and refs:
-        # A reply may quote a message triaged earlier in this batch: its thread must be in the database.
-        session.flush()
-    thread_id = memory.resolve_thread(session, school=school.id, family=family.key, subject=facts.subject,
-                                      ref_ids=refs, now=now, create=create_thread)
+    if batch is not None:
+        thread_id = batch.thread_for(session, school=school.id, family=family.key, subject=facts.subject,
+                                     ref_ids=refs, now=now, create=create_thread)
+    else:
+        thread_id = memory.resolve_thread(session, school=school.id, family=family.key, subject=facts.subject,
+                                          ref_ids=refs, now=now, create=create_thread)
     in_thread = 0
     if thread_id is not None:
         in_thread = batch.thread_count(session, thread_id) if batch else memory.count_thread(session, thread_id)
@@ -189,14 +234,14 @@ def _ack_block(session: Session, config: Config, school: SchoolConfig, kind: Ack
         return "disabled"
     if blocked is not None:
         return blocked
-    if batch is not None and (sender, kind.value) in batch.acks:
-        # Handed to the outbox earlier in this batch (maybe not flushed yet): once per period.
-        return "already-acknowledged"
-    if memory.acknowledged_recently(session, sender, kind.value, now - config.acknowledge.period):
-        return "already-acknowledged"
     if batch is not None:
-        # The throttle counts every acknowledgement row, this batch's included.
-        session.flush()
-    if memory.acknowledgements_today(session, sender, now) >= config.acknowledge.max_per_sender_per_day:
+        if batch.acknowledged_recently(session, sender, kind.value, now - config.acknowledge.period):
+            return "already-acknowledged"
+        today = batch.acknowledgements_today(session, sender, now)
+    else:
+        if memory.acknowledged_recently(session, sender, kind.value, now - config.acknowledge.period):
+            return "already-acknowledged"
+        today = memory.acknowledgements_today(session, sender, now)
+    if today >= config.acknowledge.max_per_sender_per_day:
         return "sender-throttled"
     return None
