@@ -105,7 +105,8 @@ class Daemon:
         imap = ImapMode(rt)
         outbound = submission_transport(rt.config)
         delivery = DeliveryWorker(rt, primary, mover=make_mover(rt, imap.actions), outbound=outbound)
-        rt.wake_delivery = delivery.wakeup.set
+        rt.wake_delivery = delivery.wake
+        rt.hand_over = delivery.hand_over
         rt.wake_triage = self.triage_wakeup.set
         inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set)
         inbox.start()
@@ -130,6 +131,10 @@ class Daemon:
         delivery.stop()
         tasks[0].cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await delivery.release_handed()
+        except Exception:  # noqa: BLE001 - the leases then expire, as after a crash
+            log.exception("could not give back the outbox rows handed to delivery")
         try:
             await triage.unclaim()
         except Exception:  # noqa: BLE001 - the leases then expire, as after a crash

@@ -178,6 +178,9 @@ class InProcessGateway:
             mover = make_mover(self.rt, self.imap_mode.actions)
             self.imap_mode.start()
         self.delivery = DeliveryWorker(self.rt, self.transport, mover=mover)
+        # As in the daemon: triage hands the rows it writes straight to delivery.
+        self.rt.hand_over = self.delivery.hand_over
+        self.rt.wake_delivery = self.delivery.wake
         return self
 
     async def settle(self) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections import deque
+from datetime import datetime
 from typing import Awaitable, Callable
 
 from sqlalchemy import select
@@ -23,28 +24,16 @@ from gateway.decide.retry import RetryPolicy, next_attempt
 from gateway.domain.states import OutboxState, State
 from gateway.store import memory
 from gateway.store.models import MessageRow, OutboxRow
-from gateway.store.queue import claim_outbox, transition
+from gateway.store.queue import claim_outbox, release_outbox, transition
 from gateway.triage.facts import parse_message
-from gateway.workers.dispatch import DELIVERY_KINDS, complete_from_rows, outbox_row, trace_header
+from gateway.workers.dispatch import (DELIVERY_KINDS, OUTBOX_LEASE, Job, complete_from_rows, jobs_for,
+                                     outbox_row)
 from gateway.workers.runtime import Runtime, Wakeup
 
 log = logging.getLogger("parentgate.delivery")
-LEASE = timedelta(minutes=5)
+LEASE = OUTBOX_LEASE
+SWEEP = 1.0  # seconds between claims while handed rows keep the worker busy
 MoveFn = Callable[["Job"], Awaitable[Outcome]]
-
-
-@dataclass(frozen=True)
-class Job:
-    outbox_id: int
-    message_id: int
-    kind: str
-    mail_from: str
-    rcpts: list[str]
-    data: bytes
-    params: dict[str, object]
-    message_header_id: str | None
-    sha256: str
-    folder: str | None
 
 
 class DeliveryWorker:
@@ -58,14 +47,60 @@ class DeliveryWorker:
         self.mover = mover
         self.wakeup = Wakeup()
         self._stopping = False
+        # Rows triage leased to this gateway as it wrote them (`hand_over`): attempted without a claim
+        # query. The database is still claimed from when something may be waiting there (`wake`: a
+        # release, a requeue), and at least every SWEEP seconds, so due retries interleave with new mail.
+        self._handed: deque[Job] = deque()
+        self._claim_wanted = True
+        self._next_sweep = 0.0
+
+    def hand_over(self, jobs: list[Job]) -> None:
+        self._handed.extend(jobs)
+        self.wakeup.set()
+
+    def wake(self) -> None:
+        self._claim_wanted = True
+        self.wakeup.set()
 
     def policy(self) -> RetryPolicy:
         d = self.rt.config.delivery
         return RetryPolicy(d.retry_first_delay, d.retry_max_delay, d.lifetime)
 
+    def _take_handed(self, room: int) -> list[Job]:
+        jobs: list[Job] = []
+        now = self.rt.clock.now()
+        while self._handed and len(jobs) < room:
+            job = self._handed.popleft()
+            if job.lease_until is not None and job.lease_until - now < LEASE / 2:
+                # Waited too long in memory: its lease could run out mid-attempt and let a claim take it
+                # too. Left to the claim that takes it once the lease has ended: never attempted twice.
+                continue
+            jobs.append(job)
+        return jobs
+
+    def _claim_room(self, room: int) -> int:
+        """How many rows to claim from the database now: the room left, when rows may be waiting there."""
+        if room <= 0 or not (self._claim_wanted or time.monotonic() >= self._next_sweep):
+            return 0
+        return room
+
+    async def _claim_with(self, fn: Callable[[Session], list[Job]], room: int) -> list[Job]:
+        if room:
+            # Cleared before the claim, so a wake-up arriving during it is not lost.
+            self._claim_wanted = False
+            self._next_sweep = time.monotonic() + SWEEP
+        jobs = await self.rt.db.run(fn)
+        if room and len(jobs) >= room:
+            self._claim_wanted = True
+        return jobs
+
     async def run_once(self) -> int:
-        """Claim and attempt one batch of due rows (used by tests and the CLI)."""
-        jobs = await self.rt.db.run(lambda s: _claim(s, self.rt, self.rt.config.delivery.concurrency))
+        """Attempt the handed rows and one claimed batch of due rows (used by tests and the CLI)."""
+        limit = self.rt.config.delivery.concurrency
+        jobs = self._take_handed(limit)
+        room = limit - len(jobs)
+        if room:
+            jobs += await self.rt.db.run(lambda s: _claim(s, self.rt, room))
         if not jobs:
             return 0
         outcomes = await asyncio.gather(*(self._attempt(job) for job in jobs))
@@ -81,15 +116,18 @@ class DeliveryWorker:
     async def run(self) -> None:
         """Until stopped: keep up to `concurrency` attempts in flight; record outcomes in groups."""
         in_flight: dict[asyncio.Task[Outcome], Job] = {}
-        just_claimed = False
+
+        def start(jobs: list[Job]) -> None:
+            for job in jobs:
+                in_flight[asyncio.create_task(self._attempt(job))] = job
+
         while not (self._stopping and not in_flight):
             limit = self.rt.config.delivery.concurrency
-            if not self._stopping and len(in_flight) < limit and not just_claimed:
-                room = limit - len(in_flight)
-                jobs = await self.rt.db.run(lambda s: _claim(s, self.rt, room))
-                for job in jobs:
-                    in_flight[asyncio.create_task(self._attempt(job))] = job
-            just_claimed = False
+            if not self._stopping:
+                start(self._take_handed(limit - len(in_flight)))
+                room = self._claim_room(limit - len(in_flight))
+                if room:
+                    start(await self._claim_with(lambda s: _claim(s, self.rt, room), room))
             if not in_flight:
                 await self.wakeup.wait(1.0)
                 continue
@@ -101,12 +139,20 @@ class DeliveryWorker:
             finished = [(in_flight.pop(task), task.result()) for task in [t for t in in_flight if t in done]]
             if finished:
                 # The outcomes and the next claim in one transaction: one commit (one disk flush)
-                # instead of two. Rows that fall due later wake the loop, which claims them above.
-                room = 0 if self._stopping else limit - len(in_flight)
-                jobs = await self.rt.db.run(lambda s: self._record_and_claim(s, finished, room))
-                for job in jobs:
-                    in_flight[asyncio.create_task(self._attempt(job))] = job
-                just_claimed = True
+                # instead of two.
+                room = 0
+                if not self._stopping:
+                    start(self._take_handed(limit - len(in_flight)))
+                    room = self._claim_room(limit - len(in_flight))
+                start(await self._claim_with(lambda s: self._record_and_claim(s, finished, room), room))
+
+    async def release_handed(self) -> int:
+        """On stopping: rows handed over but never attempted lose their lease, for the next claim."""
+        ids, self._handed = [job.outbox_id for job in self._handed], deque()
+        if not ids:
+            return 0
+        owner = self.rt.owner
+        return await self.rt.db.run(lambda s: release_outbox(s, ids, owner))
 
     def stop(self) -> None:
         self._stopping = True
@@ -207,23 +253,10 @@ def _claim(session: Session, rt: Runtime, limit: int) -> list[Job]:
     if limit <= 0:
         return []
     rows = claim_outbox(session, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=limit)
-    jobs: list[Job] = []
     # The batch's messages in one query rather than one per row (those already in the session included).
     wanted = sorted({row.message for row in rows})
     cache = {m.id: m for m in session.scalars(select(MessageRow).where(MessageRow.id.in_(wanted)))} if wanted else {}
-    for row in rows:
-        message = cache.get(row.message)
-        if message is None:
-            continue
-        if row.payload is not None:
-            data = row.payload
-        else:
-            data = trace_header(message, rt.config.smtp.hostname) + message.raw
-        jobs.append(Job(outbox_id=row.id, message_id=message.id, kind=row.kind, mail_from=row.mail_from,
-                        rcpts=list(row.rcpts), data=data if row.kind != "imap_move" else b"",
-                        params=dict(row.params or {}), message_header_id=message.message_id, sha256=message.sha256,
-                        folder=message.folder))
-    return jobs
+    return jobs_for(rows, cache, rt.config.smtp.hostname)
 
 
 def requeue(session: Session, message: MessageRow, *, actor: str, now: datetime) -> int:

@@ -6,7 +6,8 @@ SMTP-received mail is delivered onward; IMAP mail already sits in the teacher's 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 from sqlalchemy import select
@@ -20,6 +21,43 @@ from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import transition
 
 DELIVERY_KINDS = ("deliver", "copy", "imap_move")
+# How long a claimed outbox row stays ours: a claim, or a row handed from triage straight to delivery.
+OUTBOX_LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One leased outbox row, with everything needed to attempt it (no database access)."""
+
+    outbox_id: int
+    message_id: int
+    kind: str
+    mail_from: str
+    rcpts: list[str]
+    data: bytes
+    params: dict[str, object]
+    message_header_id: str | None
+    sha256: str
+    folder: str | None
+    lease_until: datetime | None = None
+
+
+def jobs_for(rows: list[OutboxRow], messages: dict[int, MessageRow], hostname: str) -> list[Job]:
+    """Jobs for leased outbox rows; `messages` holds their messages by id."""
+    jobs: list[Job] = []
+    for row in rows:
+        message = messages.get(row.message)
+        if message is None:
+            continue
+        if row.payload is not None:
+            data = row.payload
+        else:
+            data = trace_header(message, hostname) + message.raw
+        jobs.append(Job(outbox_id=row.id, message_id=message.id, kind=row.kind, mail_from=row.mail_from,
+                        rcpts=list(row.rcpts), data=data if row.kind != "imap_move" else b"",
+                        params=dict(row.params or {}), message_header_id=message.message_id, sha256=message.sha256,
+                        folder=message.folder, lease_until=row.lease_until))
+    return jobs
 
 
 def outbox_row(message: MessageRow, kind: str, *, mail_from: str, rcpts: list[str], now: datetime,

@@ -15,6 +15,7 @@ from typing import Callable
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.store.database import Database
+from gateway.workers.dispatch import Job
 from gateway.triage.rules import RuleSet
 
 
@@ -37,6 +38,9 @@ class Runtime:
     owner: str = field(default_factory=make_owner)
     wake_delivery: Callable[[], None] = lambda: None
     wake_triage: Callable[[], None] = lambda: None
+    # Set when a delivery worker runs in this process: triage leases the rows it writes and hands
+    # them over, instead of the delivery worker claiming them back from the database.
+    hand_over: Callable[[list[Job]], None] | None = None
 
 
 class Wakeup:

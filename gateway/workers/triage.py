@@ -20,8 +20,8 @@ from gateway.act.compose import compose_acknowledgement, compose_review_summary,
 from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
 from gateway.domain.states import State
 from gateway.store.models import MessageRow
-from gateway.store.queue import claim_messages, transition
-from gateway.workers.dispatch import complete_if_done, enqueue, imap_move, outbox_row
+from gateway.store.queue import claim_messages, claim_outbox, transition
+from gateway.workers.dispatch import OUTBOX_LEASE, Job, complete_if_done, enqueue, imap_move, jobs_for, outbox_row
 from gateway.workers.evaluate import Batch, Evaluation, Judged, evaluate, judge, standing
 from gateway.workers.judging import JudgePool, judge_each
 from gateway.workers.runtime import Runtime
@@ -29,6 +29,7 @@ from gateway.workers.runtime import Runtime
 log = logging.getLogger("parentgate.triage")
 LEASE = timedelta(minutes=2)
 BATCH = 64
+HAND_OVER_LIMIT = BATCH * 8  # outbox rows one batch can write: deliveries, copies, replies
 
 
 class TriageWorker:
@@ -55,8 +56,11 @@ class TriageWorker:
         else:
             judged = await asyncio.to_thread(judge_each, raws, self._judge or (lambda raw: judge(raw, rules)))
         ids = [r.id for r in rows]
-        self._next = await rt.db.run(lambda s: self._apply_and_claim(s, ids, judged))
-        rt.wake_delivery()
+        self._next, handed = await rt.db.run(lambda s: self._apply_and_claim(s, ids, judged))
+        if rt.hand_over is not None:
+            rt.hand_over(handed)
+        else:
+            rt.wake_delivery()
         return len(rows)
 
     async def unclaim(self) -> int:
@@ -75,15 +79,23 @@ class TriageWorker:
         return total
 
     def _apply_and_claim(self, session: Session, ids: list[int],
-                         judged: list[Judged | BaseException]) -> list[MessageRow]:
+                         judged: list[Judged | BaseException]) -> tuple[list[MessageRow], list[Job]]:
         """One batch's results and the claim of the next batch in one transaction (one commit, not two).
 
         The claimed rows stay leased to this worker: the next `run_once` triages them (a worker
-        dropped in between leaves leases that expire, like one that crashed)."""
-        self._apply_all(session, ids, judged)
-        return _claim(session, self.rt)
+        dropped in between leaves leases that expire, like one that crashed). With a delivery worker
+        in this process, the outbox rows due now are leased to it here too, and handed over as jobs."""
+        rows = self._apply_all(session, ids, judged)
+        handed: list[Job] = []
+        if self.rt.hand_over is not None and rows:
+            due = claim_outbox(session, owner=self.rt.owner, now=self.rt.clock.now(), lease=OUTBOX_LEASE,
+                               limit=HAND_OVER_LIMIT, messages=list(rows))
+            handed = jobs_for(due, rows, self.rt.config.smtp.hostname)
+        return _claim(session, self.rt), handed
 
-    def _apply_all(self, session: Session, ids: list[int], judged: list[Judged | BaseException]) -> None:
+    def _apply_all(self, session: Session, ids: list[int],
+                   judged: list[Judged | BaseException]) -> dict[int, MessageRow]:
+        """Returns the batch's rows by id."""
         now = self.rt.clock.now()
         rows = {r.id: r for r in session.scalars(select(MessageRow).where(MessageRow.id.in_(ids)))}
         before = {message_id: standing(row) for message_id, row in rows.items()}
@@ -107,7 +119,7 @@ class TriageWorker:
                 for row, result in todo:
                     ev = apply_triage(session, self.rt, row, result, now, batch)
                     batch.note(before[row.id], standing(row), _ack_key(ev))
-            return
+            return rows
         except Exception:  # noqa: BLE001 - retried message by message below, where it is logged
             log.warning("triage batch of %d rolled back; applying message by message", len(todo))
         batch = Batch.of(before)
@@ -117,8 +129,10 @@ class TriageWorker:
                     ev = apply_triage(session, self.rt, row, result, now, batch)
             except Exception:  # noqa: BLE001 - one bad message must not stop the batch
                 log.exception("message %s could not be triaged", row.id)
+                batch.forget_reads()
                 continue
             batch.note(before[row.id], standing(row), _ack_key(ev))
+        return rows
 
 
 def _ack_key(ev: Evaluation) -> tuple[str, str] | None:
