@@ -82,7 +82,8 @@ class Daemon:
     async def _triage_loop(self, worker: TriageWorker) -> None:
         while not self.stopping.is_set():
             try:
-                n = await worker.run_once()
+                # Two batches in hand: the next one is judged while this one is written.
+                n = await worker.run_once(depth=2)
             except Exception:  # noqa: BLE001 - a database hiccup must not end the loop
                 log.exception("triage batch failed")
                 n = 0

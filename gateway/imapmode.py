@@ -12,7 +12,8 @@ from gateway.config import Config, Credentials
 from gateway.ingest.imap import MailboxActions, MailboxWatcher
 from gateway.ingest.mailstore import StoreImapPort
 from gateway.ingest.oauth import GoogleTokenProvider, MicrosoftTokenProvider, TokenProvider
-from gateway.workers.delivery import Job, MoveFn
+from gateway.workers.delivery import MoveFn
+from gateway.workers.dispatch import Job
 from gateway.workers.runtime import Runtime
 
 log = logging.getLogger("parentgate.imap")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -23,7 +24,7 @@ from gateway.store.models import MessageRow
 from gateway.store.queue import claim_messages, claim_outbox, transition
 from gateway.workers.dispatch import OUTBOX_LEASE, Job, complete_if_done, enqueue, imap_move, jobs_for, outbox_row
 from gateway.workers.evaluate import Batch, Evaluation, Judged, evaluate, judge, standing
-from gateway.workers.judging import JudgePool, judge_each
+from gateway.workers.judging import JudgePool, Results, judge_each
 from gateway.workers.runtime import Runtime
 
 log = logging.getLogger("parentgate.triage")
@@ -39,24 +40,43 @@ class TriageWorker:
         self._judge = judge_fn
         self._pool = pool
         self._next: list[MessageRow] = []
+        # Claimed batches being judged, oldest first: with depth > 1 the next batch is judged (in the
+        # judge processes) while this one's results are written (on the database thread).
+        self._ahead: deque[tuple[list[MessageRow], asyncio.Future[Results]]] = deque()
 
-    async def run_once(self) -> int:
-        """Triage one batch of received messages; returns how many were claimed."""
-        rt = self.rt
-        # The batch claimed with the previous one's results, else a fresh claim.
-        rows, self._next = self._next, []
-        if not rows:
-            rows = await rt.db.run(lambda s: _claim(s, rt))
-        if not rows:
-            return 0
-        rules = rt.rules
+    def _start_judging(self, rows: list[MessageRow]) -> asyncio.Future[Results]:
+        rules = self.rt.rules
         raws = [r.raw for r in rows]
         if self._pool is not None and self._judge is None:
-            judged = await self._pool.judge_all(raws, rules)
-        else:
-            judged = await asyncio.to_thread(judge_each, raws, self._judge or (lambda raw: judge(raw, rules)))
+            return asyncio.ensure_future(self._pool.judge_all(raws, rules))
+        fn = self._judge or (lambda raw: judge(raw, rules))
+        return asyncio.ensure_future(asyncio.to_thread(judge_each, raws, fn))
+
+    async def run_once(self, depth: int = 1) -> int:
+        """Triage the oldest claimed batch of received messages; returns how many it held.
+
+        Up to `depth` batches are claimed and being judged at once (the daemon uses 2)."""
+        rt = self.rt
+        while len(self._ahead) < depth:
+            # The batch claimed with the previous one's results, else a fresh claim.
+            rows, self._next = self._next, []
+            if not rows:
+                rows = await rt.db.run(lambda s: _claim(s, rt))
+            if not rows:
+                break
+            self._ahead.append((rows, self._start_judging(rows)))
+        if not self._ahead:
+            return 0
+        rows, pending = self._ahead[0]
+        try:
+            judged = await pending
+        finally:
+            # A batch whose judging failed keeps its leases: claimed again once they expire, and
+            # quarantined after three tries.
+            self._ahead.popleft()
         ids = [r.id for r in rows]
-        self._next, handed = await rt.db.run(lambda s: self._apply_and_claim(s, ids, judged))
+        claimed, handed = await rt.db.run(lambda s: self._apply_and_claim(s, ids, judged))
+        self._next = claimed
         if rt.hand_over is not None:
             rt.hand_over(handed)
         else:
@@ -64,9 +84,14 @@ class TriageWorker:
         return len(rows)
 
     async def unclaim(self) -> int:
-        """Give back the batch claimed ahead (on stopping): its leases go, and its claims count as
+        """Give back the batches claimed ahead (on stopping): their leases go, and their claims count as
         untried, so a clean stop never brings a message nearer to quarantine."""
-        ids, self._next = [r.id for r in self._next], []
+        ids = [r.id for r in self._next]
+        self._next = []
+        while self._ahead:
+            rows, pending = self._ahead.popleft()
+            pending.cancel()
+            ids += [r.id for r in rows]
         if not ids:
             return 0
         owner = self.rt.owner
