@@ -31,6 +31,10 @@ class GatewayHandler:
         self._config = config
         self._inbox = inbox
 
+    def __dir__(self) -> list[str]:
+        # What aiosmtpd looks for on a handler, for every new session (see GatewaySMTP).
+        return [name for name in vars(type(self)) if name.startswith("handle_")]
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
         local, sep, domain = address.rpartition("@")
@@ -70,6 +74,25 @@ class GatewayHandler:
         return "421 4.3.0 Temporary local problem; closing connection"
 
 
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP session, built without its per-connection introspection.
+
+    aiosmtpd's constructor finds its command, AUTH and hook methods with `dir()` and
+    `inspect.getmembers()` over the whole session object and the handler, on every connection: about a
+    tenth of the daemon's time under load. Those names are the same for every session of this class,
+    so `__dir__` answers them from a list computed once; the lookups then find the same methods.
+    """
+
+    _dispatch_names: list[str] | None = None
+
+    def __dir__(self) -> list[str]:
+        names = type(self)._dispatch_names
+        if names is None:
+            names = [n for n in object.__dir__(self) if n.startswith(("smtp_", "auth_"))]
+            type(self)._dispatch_names = names
+        return names
+
+
 async def start_server(config: Callable[[], Config], inbox: Inbox) -> asyncio.Server:
     """The listener, on the daemon's own event loop (no Controller thread)."""
     cfg = config()
@@ -77,7 +100,7 @@ async def start_server(config: Callable[[], Config], inbox: Inbox) -> asyncio.Se
     loop = asyncio.get_running_loop()
 
     def factory() -> SMTP:
-        return SMTP(handler, hostname=cfg.smtp.hostname, ident="parentgate ESMTP",
+        return GatewaySMTP(handler, hostname=cfg.smtp.hostname, ident="parentgate ESMTP",
                     data_size_limit=cfg.smtp.max_message_size, decode_data=False, enable_SMTPUTF8=True,
                     loop=loop)
 
