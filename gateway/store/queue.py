@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any, Collection
+from typing import Any
 
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
@@ -80,16 +80,14 @@ def claim_messages(session: Session, state: State, *, owner: str, now: datetime,
 
 
 def claim_outbox(session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int,
-                 kinds: tuple[str, ...] | None = None, messages: Collection[int] | None = None) -> list[OutboxRow]:
-    """Lease due outbox rows (only those of `messages`, if given). Fresh rows and due retries share
-    one ordering by `not_before`, so a backlog of retries never starves new mail (Postfix's active queue)."""
+                 kinds: tuple[str, ...] | None = None) -> list[OutboxRow]:
+    """Lease due outbox rows. Fresh rows and due retries share one ordering by `not_before`, so
+    a backlog of retries never starves new mail (Postfix's active queue)."""
     query = select(OutboxRow).where(
         OutboxRow.state.in_((OutboxState.PENDING.value, OutboxState.DEFERRED.value)),
         OutboxRow.not_before <= now, _lease_free(OutboxRow, now))
     if kinds:
         query = query.where(OutboxRow.kind.in_(kinds))
-    if messages is not None:
-        query = query.where(OutboxRow.message.in_(sorted(messages)))
     # IMAP moves of one message run in the order they were planned (held, then back home), never
     # side by side, or a release could overtake the move it undoes.
     earlier = aliased(OutboxRow)

@@ -76,8 +76,8 @@ def imap_move(message: MessageRow, config: Config, to_key: str, now: datetime, *
 
 
 def enqueue(session: Session, message: MessageRow, deliveries: tuple[Delivery, ...], config: Config,
-            now: datetime) -> int:
-    """Rows for the plan's immediate deliveries. Returns how many rows were added."""
+            now: datetime) -> list[OutboxRow]:
+    """Rows for the plan's immediate deliveries. Returns the rows added."""
     rows: list[OutboxRow] = []
     for delivery in deliveries:
         if delivery.kind == "deliver":
@@ -87,7 +87,7 @@ def enqueue(session: Session, message: MessageRow, deliveries: tuple[Delivery, .
             rows.append(outbox_row(message, "copy", mail_from=config.gateway.postmaster,
                                    rcpts=list(delivery.rcpts), now=now))
     session.add_all(rows)
-    return len(rows)
+    return rows
 
 
 def session_add_staff_rows(session: Session, message: MessageRow, config: Config, now: datetime) -> None:

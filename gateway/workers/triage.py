@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
 from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
 from gateway.domain.states import State
-from gateway.store.models import MessageRow
-from gateway.store.queue import claim_messages, claim_outbox, transition
+from gateway.store.models import MessageRow, OutboxRow
+from gateway.store.queue import claim_messages, transition
 from gateway.workers.dispatch import OUTBOX_LEASE, Job, complete_if_done, enqueue, imap_move, jobs_for, outbox_row
 from gateway.workers.evaluate import Batch, Evaluation, Judged, evaluate, judge, standing
 from gateway.workers.judging import JudgePool, Results, judge_each
@@ -30,7 +30,6 @@ from gateway.workers.runtime import Runtime
 log = logging.getLogger("parentgate.triage")
 LEASE = timedelta(minutes=2)
 BATCH = 64
-HAND_OVER_LIMIT = BATCH * 8  # outbox rows one batch can write: deliveries, copies, replies
 
 
 class TriageWorker:
@@ -110,18 +109,20 @@ class TriageWorker:
         The claimed rows stay leased to this worker: the next `run_once` triages them (a worker
         dropped in between leaves leases that expire, like one that crashed). With a delivery worker
         in this process, the outbox rows due now are leased to it here too, and handed over as jobs."""
-        rows = self._apply_all(session, ids, judged)
+        rows, written = self._apply_all(session, ids, judged)
         handed: list[Job] = []
-        if self.rt.hand_over is not None and rows:
-            due = claim_outbox(session, owner=self.rt.owner, now=self.rt.clock.now(), lease=OUTBOX_LEASE,
-                               limit=HAND_OVER_LIMIT, messages=list(rows))
-            handed = jobs_for(due, rows, self.rt.config.smtp.hostname)
+        if self.rt.hand_over is not None and written:
+            session.flush()
+            handed = jobs_for(written, rows, self.rt.config.smtp.hostname)
         return _claim(session, self.rt), handed
 
     def _apply_all(self, session: Session, ids: list[int],
-                   judged: list[Judged | BaseException]) -> dict[int, MessageRow]:
-        """Returns the batch's rows by id."""
+                   judged: list[Judged | BaseException]) -> tuple[dict[int, MessageRow], list[OutboxRow]]:
+        """Returns the batch's rows by id, and the outbox rows written (leased to this gateway's
+        delivery worker when one runs in this process)."""
         now = self.rt.clock.now()
+        lease = now + OUTBOX_LEASE if self.rt.hand_over is not None else None
+        written: list[OutboxRow] = []
         rows = {r.id: r for r in session.scalars(select(MessageRow).where(MessageRow.id.in_(ids)))}
         before = {message_id: standing(row) for message_id, row in rows.items()}
         todo: list[tuple[MessageRow, Judged]] = []
@@ -142,22 +143,25 @@ class TriageWorker:
             with session.begin_nested(), session.no_autoflush:
                 batch = Batch.of(before)
                 for row, result in todo:
-                    ev = apply_triage(session, self.rt, row, result, now, batch)
+                    ev, added = apply_triage(session, self.rt, row, result, now, batch, lease=lease)
+                    written += added
                     batch.note(before[row.id], standing(row), _ack_key(ev))
-            return rows
+            return rows, written
         except Exception:  # noqa: BLE001 - retried message by message below, where it is logged
             log.warning("triage batch of %d rolled back; applying message by message", len(todo))
         batch = Batch.of(before)
+        written = []
         for row, result in todo:
             try:
                 with session.begin_nested(), session.no_autoflush:
-                    ev = apply_triage(session, self.rt, row, result, now, batch)
+                    ev, added = apply_triage(session, self.rt, row, result, now, batch, lease=lease)
             except Exception:  # noqa: BLE001 - one bad message must not stop the batch
                 log.exception("message %s could not be triaged", row.id)
                 batch.forget_reads()
                 continue
+            written += added
             batch.note(before[row.id], standing(row), _ack_key(ev))
-        return rows
+        return rows, written
 
 
 def _ack_key(ev: Evaluation) -> tuple[str, str] | None:
@@ -176,7 +180,9 @@ def _claim(session: Session, rt: Runtime) -> list[MessageRow]:
 
 
 def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged, now: datetime,
-                 batch: Batch | None = None) -> Evaluation:
+                 batch: Batch | None = None, *, lease: datetime | None = None) -> tuple[Evaluation, list[OutboxRow]]:
+    """Writes the message's triage, and returns it with the outbox rows written (leased to this
+    gateway until `lease`, if given: they are handed to its delivery worker)."""
     config = rt.config
     school = config.school(row.school)
     ev = evaluate(session, config=config, rules=rt.rules, school=school, judged=judged, mail_from=row.mail_from,
@@ -193,22 +199,29 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
     why = plan.note or {State.HELD: f"school closed ({plan.closure})", State.IN_REVIEW: "for the Head of School",
                         State.QUEUED: "deliver now"}.get(plan.state, "")
     transition(session, row, plan.state, actor=rt.owner, now=now, reason=why, release_at=plan.release_at)
-    added = enqueue(session, row, plan.deliveries, config, now)
+    written = enqueue(session, row, plan.deliveries, config, now)
+    added = len(written)
     if row.source == "imap" and plan.state in (State.HELD, State.IN_REVIEW):
-        session.add(imap_move(row, config, "held" if plan.state is State.HELD else "review", now))
+        move = imap_move(row, config, "held" if plan.state is State.HELD else "review", now)
+        session.add(move)
+        written.append(move)
     if plan.review_summary:
-        _add_review_summary(session, rt, row, ev, now)
+        written.append(_add_review_summary(session, rt, row, ev, now))
     if ev.ack is not None:
-        _add_acknowledgement(session, rt, row, ev, now)
+        written.append(_add_acknowledgement(session, rt, row, ev, now))
+    if lease is not None:
+        for item in written:
+            item.lease_owner, item.lease_until = rt.owner, lease
     if added == 0:
         # Delivery rows just added are pending, so the message cannot be complete yet; only a plan with
         # nothing to send (IMAP mail already in its folder) completes at once. Skipping the check
         # saves a query, and the autoflush it forces, per message.
         complete_if_done(session, row, now, rt.owner)
-    return ev
+    return ev, written
 
 
-def _add_acknowledgement(session: Session, rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> None:
+def _add_acknowledgement(session: Session, rt: Runtime, row: MessageRow, ev: Evaluation,
+                         now: datetime) -> OutboxRow:
     assert ev.ack is not None
     school, calendar = ev.school, ev.school.calendar
     tz = calendar.tz
@@ -228,11 +241,14 @@ def _add_acknowledgement(session: Session, rt: Runtime, row: MessageRow, ev: Eva
         original=ev.facts, to_addr=row.mail_from, from_addr=school.acknowledge_from, from_name=school.name,
         body=body, now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex))
     # RFC 3834 §3.3: the response goes out with a null reverse-path, so nothing ever answers it back.
-    session.add(outbox_row(row, "ack", mail_from="", rcpts=[row.mail_from], now=now, payload=data,
-                           ack_sender=ev.sender, ack_kind=ev.ack.value))
+    ack = outbox_row(row, "ack", mail_from="", rcpts=[row.mail_from], now=now, payload=data,
+                     ack_sender=ev.sender, ack_kind=ev.ack.value)
+    session.add(ack)
+    return ack
 
 
-def _add_review_summary(session: Session, rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> None:
+def _add_review_summary(session: Session, rt: Runtime, row: MessageRow, ev: Evaluation,
+                        now: datetime) -> OutboxRow:
     school = ev.school
     findings = ev.findings
     family = ev.family.label if ev.family.known else ev.family.key
@@ -244,6 +260,8 @@ def _add_review_summary(session: Session, rt: Runtime, row: MessageRow, ev: Eval
         received_at=row.received_at.astimezone(school.calendar.tz), recipients=list(row.rcpt_tos),
         message_ref=str(row.id), now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex),
         templates_dir=rt.templates_dir)
-    session.add(outbox_row(row, "summary", mail_from=rt.config.gateway.postmaster, rcpts=[school.head_of_school],
-                           now=now, payload=data))
+    summary = outbox_row(row, "summary", mail_from=rt.config.gateway.postmaster, rcpts=[school.head_of_school],
+                         now=now, payload=data)
+    session.add(summary)
+    return summary
 
