@@ -12,7 +12,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import event, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.domain.states import OutboxState, State, allowed
@@ -39,8 +39,8 @@ def transition(session: Session, row: MessageRow, to: State, *, actor: str, now:
     row.lease_until = None
     if to is not State.QUARANTINED:
         row.claims = 0
-    session.add(EventRow(message=row.id, from_state=src.value, to_state=to.value, at=now, actor=actor,
-                         reason=reason[:2000]))
+    _add_event(session, message=row.id, from_state=src.value, to_state=to.value, at=now, actor=actor,
+               reason=reason[:2000])
     # One log line per transition, starting with the message id; never the content.
     log.info("message %s %s -> %s by %s%s", row.id, src.value, to.value, actor,
              f" ({reason[:200]})" if reason else "")
@@ -48,10 +48,35 @@ def transition(session: Session, row: MessageRow, to: State, *, actor: str, now:
 
 def record_received(session: Session, row: MessageRow, *, actor: str, now: datetime) -> None:
     """The first event of a message: it exists, durably, in state received."""
-    session.add(EventRow(message=row.id, from_state=None, to_state=State.RECEIVED.value, at=now, actor=actor,
-                         reason=f"{row.size} bytes from {row.source}"))
+    _add_event(session, message=row.id, from_state=None, to_state=State.RECEIVED.value, at=now, actor=actor,
+               reason=f"{row.size} bytes from {row.source}")
     log.info("message %s received via %s (%d bytes, message-id %s)", row.id, row.source, row.size,
              row.message_id or "-")
+
+
+# Event rows wait in the session and are written together, in one executemany, when the session
+# flushes or commits: the same transaction as the state change, without an ORM object per event. A
+# rollback (of the transaction or of a savepoint, which always starts flushed) drops the waiting ones.
+_PENDING_EVENTS = "parentgate.pending_events"
+
+
+def _add_event(session: Session, **values: Any) -> None:
+    session.info.setdefault(_PENDING_EVENTS, []).append(values)
+
+
+def _write_events(session: Session, *_: Any) -> None:
+    pending = session.info.pop(_PENDING_EVENTS, None)
+    if pending:
+        session.connection().execute(insert(EventRow), pending)
+
+
+def _drop_events(session: Session, *_: Any) -> None:
+    session.info.pop(_PENDING_EVENTS, None)
+
+
+event.listen(Session, "before_flush", _write_events)
+event.listen(Session, "before_commit", _write_events)
+event.listen(Session, "after_soft_rollback", _drop_events)
 
 
 def _lease_free(model: Any, now: datetime) -> Any:

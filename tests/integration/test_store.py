@@ -59,6 +59,40 @@ def test_transition_checks_the_table_and_appends_an_event_in_the_same_transactio
     assert trail == [(None, "received", "test"), ("received", "triaged", "test")]
 
 
+def test_an_event_is_readable_in_its_transaction_and_goes_with_a_rolled_back_savepoint(db):
+    [a, b] = store(db, 2, FixedClock(NOW))
+
+    def move(s):
+        with s.begin_nested():
+            transition(s, s.get(MessageRow, a), State.TRIAGED, actor="test", now=NOW, reason="kept")
+        with pytest.raises(RuntimeError):
+            with s.begin_nested():
+                transition(s, s.get(MessageRow, b), State.TRIAGED, actor="test", now=NOW, reason="undone")
+                raise RuntimeError("this message's triage failed")
+        # Written before any query of this transaction can read it.
+        return [(e.message, e.reason) for e in s.scalars(select(EventRow).where(EventRow.to_state == "triaged"))]
+
+    assert db.transact(move) == [(a, "kept")]
+    states = db.transact(lambda s: {m.id: m.state for m in s.scalars(select(MessageRow))})
+    assert states == {a: "triaged", b: "received"}
+    trail = db.transact(lambda s: [(e.message, e.to_state) for e in s.scalars(select(EventRow).order_by(EventRow.id))])
+    assert trail == [(a, "received"), (b, "received"), (a, "triaged")]
+
+
+def test_a_failed_transaction_leaves_no_event_behind(db):
+    [mid] = store(db, 1, FixedClock(NOW))
+
+    def fail(s):
+        transition(s, s.get(MessageRow, mid), State.TRIAGED, actor="test", now=NOW)
+        raise RuntimeError("crash before commit")
+
+    with pytest.raises(RuntimeError):
+        db.transact(fail)
+    db.transact(lambda s: transition(s, s.get(MessageRow, mid), State.TRIAGED, actor="test", now=NOW, reason="2nd"))
+    trail = db.transact(lambda s: [(e.to_state, e.reason) for e in s.scalars(select(EventRow).order_by(EventRow.id))])
+    assert [to for to, _ in trail] == ["received", "triaged"] and trail[1][1] == "2nd"
+
+
 def test_a_claim_is_a_lease_that_expires_and_a_thrice_expired_lease_quarantines(db):
     clock = FixedClock(NOW)
     [mid] = store(db, 1, clock)
