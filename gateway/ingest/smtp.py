@@ -6,8 +6,9 @@ Any failure answers a generic 451 4.3.0, never the exception text (STYLE §1).
 
 from __future__ import annotations
 
-import logging
 import asyncio
+import logging
+import re
 from typing import Callable
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -74,6 +75,11 @@ class GatewayHandler:
         return "421 4.3.0 Temporary local problem; closing connection"
 
 
+# `<local@domain>` with a dot-atom local part and a plain domain: what nearly every client sends.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.DOTALL)
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP session, built without its per-connection introspection.
 
@@ -84,6 +90,19 @@ class GatewaySMTP(SMTP):
     """
 
     _dispatch_names: list[str] | None = None
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """A plain `<local@domain>` path is read directly; anything else by aiosmtpd's RFC 5322 parser
+        (which costs more than the rest of the MAIL or RCPT command). Both give the same answer for
+        a plain path: a unit test compares them."""
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is None or any(c in plain.group(2) for c in "()\r\n\"\\"):
+            return super()._getaddr(arg)
+        # The parser takes the blanks after the path with it.
+        address, rest = plain.group(1), plain.group(2).lstrip(" \t")
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, rest
 
     def __dir__(self) -> list[str]:
         names = type(self)._dispatch_names
