@@ -15,15 +15,13 @@ import logging
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy.orm import Session
 
 from gateway.clock import Clock
-from gateway.domain.states import State
 from gateway.store.database import URGENT, Database
-from gateway.store.models import MessageRow
-from gateway.store.queue import record_received
+from gateway.store.queue import add_received
 
 log = logging.getLogger("parentgate.inbox")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{1,900}>)", re.IGNORECASE | re.MULTILINE)
@@ -52,23 +50,16 @@ def header_message_id(raw: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace") if match else None
 
 
-def new_row(item: Incoming, clock: Clock) -> MessageRow:
-    now = clock.now()
-    return MessageRow(
+def new_message(item: Incoming, clock: Clock) -> dict[str, Any]:
+    return dict(
         school=item.school, source=item.source, mailbox=item.mailbox, folder=item.folder,
         mail_from=item.mail_from, rcpt_tos=list(item.rcpt_tos), peer=item.peer, helo=item.helo,
         raw=item.raw, size=len(item.raw), sha256=hashlib.sha256(item.raw).hexdigest(),
-        message_id=header_message_id(item.raw), state=State.RECEIVED.value, received_at=now, updated_at=now,
-        counted=0, claims=0)
+        message_id=header_message_id(item.raw), received_at=clock.now())
 
 
 def insert_received(session: Session, items: list[Incoming], clock: Clock, actor: str) -> list[int]:
-    rows = [new_row(item, clock) for item in items]
-    session.add_all(rows)
-    session.flush()
-    for row in rows:
-        record_received(session, row, actor=actor, now=row.received_at)
-    return [row.id for row in rows]
+    return add_received(session, [new_message(item, clock) for item in items], actor=actor)
 
 
 class Inbox:

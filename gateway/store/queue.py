@@ -46,12 +46,21 @@ def transition(session: Session, row: MessageRow, to: State, *, actor: str, now:
              f" ({reason[:200]})" if reason else "")
 
 
-def record_received(session: Session, row: MessageRow, *, actor: str, now: datetime) -> None:
-    """The first event of a message: it exists, durably, in state received."""
-    _add_event(session, message=row.id, from_state=None, to_state=State.RECEIVED.value, at=now, actor=actor,
-               reason=f"{row.size} bytes from {row.source}")
-    log.info("message %s received via %s (%d bytes, message-id %s)", row.id, row.source, row.size,
-             row.message_id or "-")
+def add_received(session: Session, messages: list[dict[str, Any]], *, actor: str) -> list[int]:
+    """New messages, durably in state received, each with its first event. Returns their ids, in order.
+
+    One INSERT ... RETURNING for the group (SQLAlchemy's bulk path), rather than an ORM object each."""
+    if not messages:
+        return []
+    for values in messages:
+        values.update(state=State.RECEIVED.value, updated_at=values["received_at"], counted=0, claims=0)
+    ids = list(session.scalars(insert(MessageRow).returning(MessageRow.id, sort_by_parameter_order=True), messages))
+    for message_id, values in zip(ids, messages):
+        _add_event(session, message=message_id, from_state=None, to_state=State.RECEIVED.value,
+                   at=values["received_at"], actor=actor, reason=f"{values['size']} bytes from {values['source']}")
+        log.info("message %s received via %s (%d bytes, message-id %s)", message_id, values["source"],
+                 values["size"], values["message_id"] or "-")
+    return ids
 
 
 # Event rows wait in the session and are written together, in one executemany, when the session
