@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Awaitable, Callable
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from gateway.act.compose import compose_failure_notice
 from gateway.act.transport import Outcome, Transport
@@ -239,12 +239,17 @@ def _load_for_record(session: Session, outbox_ids: list[int]) -> tuple[
     """The batch's outbox rows, their messages, and every delivery row of those messages: three
     queries per batch instead of three per outcome. Loaded before anything changes, so no query
     here has to flush; later changes are made to these same objects."""
-    rows = {r.id: r for r in session.scalars(select(OutboxRow).where(OutboxRow.id.in_(outbox_ids)))}
+    # Recording an outcome reads states and writes a few columns: the bytes and the findings of the
+    # messages (and the payloads of replies) are left in the database unless a notice needs them.
+    rows = {r.id: r for r in session.scalars(select(OutboxRow).where(OutboxRow.id.in_(outbox_ids)).options(
+        defer(OutboxRow.payload)))}
     message_ids = sorted({r.message for r in rows.values()})
-    messages = {m.id: m for m in session.scalars(select(MessageRow).where(MessageRow.id.in_(message_ids)))}
+    messages = {m.id: m for m in session.scalars(select(MessageRow).where(MessageRow.id.in_(message_ids)).options(
+        defer(MessageRow.raw), defer(MessageRow.reasons), defer(MessageRow.flags)))}
     siblings: dict[int, list[OutboxRow]] = {}
     for r in session.scalars(select(OutboxRow).where(OutboxRow.message.in_(message_ids),
-                                                     OutboxRow.kind.in_(DELIVERY_KINDS))):
+                                                     OutboxRow.kind.in_(DELIVERY_KINDS)).options(
+                                                         defer(OutboxRow.payload))):
         siblings.setdefault(r.message, []).append(r)
     return rows, messages, siblings
 
