@@ -36,7 +36,8 @@ class LiteralIndex:
     def __init__(self, literals: frozenset[str]) -> None:
         self.literals = literals
         self._scan = re.compile("(?=(" + _trie(sorted(literals)) + "))") if literals else None
-        self._prefixes = {lit: frozenset(p for p in literals if lit.startswith(p)) for lit in literals}
+        self._prefixes = {lit: frozenset(lit[:k] for k in range(1, len(lit) + 1) if lit[:k] in literals)
+                          for lit in literals}
 
     def present(self, text: str) -> frozenset[str]:
         if self._scan is None:
