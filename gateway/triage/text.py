@@ -159,12 +159,13 @@ def new_text(text: str) -> str:
             break
         if _QUOTED.match(line):
             continue
-        kept.append(_INLINE_SPACE.sub(" ", line).strip())
+        kept.append(line)
     return normalise("\n".join(kept))
 
 
 def normalise(text: str) -> str:
     """Trailing spaces dropped, runs of blank lines collapsed to one, ends stripped."""
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    lines = [_INLINE_SPACE.sub(" ", ln).strip() for ln in text.split("\n")]
+    # Runs of blanks within lines are one space (once over the whole text: they never span a line).
+    lines = [ln.strip() for ln in _INLINE_SPACE.sub(" ", text).split("\n")]
     return _BLANK_RUN.sub("\n\n", "\n".join(lines)).strip()
