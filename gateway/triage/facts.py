@@ -257,7 +257,7 @@ def _mailparser_bodies(raw: bytes, defects: _Defects) -> tuple[Message, list[str
     message = parsed.message
     if not isinstance(message, Message):
         raise ValueError("mail-parser returned no message")
-    for category in parsed.defects_categories:
+    for category in sorted(parsed.defects_categories):
         if category not in _NOT_MIME_DEFECTS:
             defects.add(_mime_defect(str(category)))
     for entry in parsed.defects:
