@@ -78,11 +78,24 @@ class DeliveryWorker:
             jobs.append(job)
         return jobs
 
-    def _claim_room(self, room: int) -> int:
-        """How many rows to claim from the database now: the room left, when rows may be waiting there."""
+    def _claim_share(self, room: int) -> int:
+        """How many rows to claim from the database now: none unless rows may be waiting there (a
+        wake-up, or the periodic sweep); then all the room, or half of it while handed rows wait, so
+        that neither new mail nor due retries wait for the other."""
         if room <= 0 or not (self._claim_wanted or time.monotonic() >= self._next_sweep):
             return 0
-        return room
+        return room if not self._handed else max(1, room // 2)
+
+    async def fill(self, room: int, finished: list[tuple[Job, Outcome]] | None = None) -> list[Job]:
+        """Jobs to start in `room` free slots: claimed rows first (their claim in one transaction with
+        the outcomes of `finished`, if any), then handed rows."""
+        share = self._claim_share(room)
+        jobs: list[Job] = []
+        if finished:
+            jobs = await self._claim_with(lambda s: self._record_and_claim(s, finished, share), share)
+        elif share:
+            jobs = await self._claim_with(lambda s: _claim(s, self.rt, share), share)
+        return jobs + self._take_handed(room - len(jobs))
 
     async def _claim_with(self, fn: Callable[[Session], list[Job]], room: int) -> list[Job]:
         if room:
@@ -124,10 +137,7 @@ class DeliveryWorker:
         while not (self._stopping and not in_flight):
             limit = self.rt.config.delivery.concurrency
             if not self._stopping:
-                start(self._take_handed(limit - len(in_flight)))
-                room = self._claim_room(limit - len(in_flight))
-                if room:
-                    start(await self._claim_with(lambda s: _claim(s, self.rt, room), room))
+                start(await self.fill(limit - len(in_flight)))
             if not in_flight:
                 await self.wakeup.wait(1.0)
                 continue
@@ -140,11 +150,7 @@ class DeliveryWorker:
             if finished:
                 # The outcomes and the next claim in one transaction: one commit (one disk flush)
                 # instead of two.
-                room = 0
-                if not self._stopping:
-                    start(self._take_handed(limit - len(in_flight)))
-                    room = self._claim_room(limit - len(in_flight))
-                start(await self._claim_with(lambda s: self._record_and_claim(s, finished, room), room))
+                start(await self.fill(0 if self._stopping else limit - len(in_flight), finished))
 
     async def release_handed(self) -> int:
         """On stopping: rows handed over but never attempted lose their lease, for the next claim."""
