@@ -113,7 +113,7 @@ class Daemon:
         inbox.start()
         server = await start_server(lambda: rt.config, inbox)
         self.judges = JudgePool(rules_dir(rt.config))
-        triage = TriageWorker(rt, pool=self.judges)
+        triage = TriageWorker(rt, pool=self.judges, stopping=self.stopping.is_set)
         tasks = [asyncio.create_task(self._triage_loop(triage), name="triage"),
                  asyncio.create_task(delivery.run(), name="delivery")]
         jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt))
@@ -130,7 +130,16 @@ class Daemon:
         await imap.stop()
         await inbox.stop()
         delivery.stop()
-        tasks[0].cancel()
+        # The triage loop ends after the batch in hand is written (a batch cut off mid-write would
+        # lose the claim made with it); it is cancelled only if that takes unreasonably long.
+        self.triage_wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(tasks[0]), 30)
+        except asyncio.TimeoutError:
+            log.warning("triage did not finish its batch within 30 s; stopping it")
+            tasks[0].cancel()
+        except Exception:  # noqa: BLE001 - the loop logs its own failures
+            pass
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await delivery.release_handed()

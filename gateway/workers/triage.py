@@ -34,7 +34,7 @@ BATCH = 64
 
 class TriageWorker:
     def __init__(self, rt: Runtime, *, judge_fn: Callable[[bytes], Judged] | None = None,
-                 pool: JudgePool | None = None) -> None:
+                 pool: JudgePool | None = None, stopping: Callable[[], bool] = lambda: False) -> None:
         self.rt = rt
         self._judge = judge_fn
         self._pool = pool
@@ -42,6 +42,9 @@ class TriageWorker:
         # Claimed batches being judged, oldest first: with depth > 1 the next batch is judged (in the
         # judge processes) while this one's results are written (on the database thread).
         self._ahead: deque[tuple[list[MessageRow], asyncio.Future[Results]]] = deque()
+        # The daemon's "stopping" flag: a judging failure then is most likely the stop itself
+        # (systemd's SIGTERM reaches the judge processes too), so the batch is given back, untried.
+        self._stopping = stopping
 
     def _start_judging(self, rows: list[MessageRow]) -> asyncio.Future[Results]:
         rules = self.rt.rules
@@ -69,10 +72,16 @@ class TriageWorker:
         rows, pending = self._ahead[0]
         try:
             judged = await pending
-        finally:
+        except asyncio.CancelledError:
+            raise  # stopping: the batch stays in hand, and `unclaim` gives it back
+        except BaseException:
+            if self._stopping():
+                raise  # likewise
             # A batch whose judging failed keeps its leases: claimed again once they expire, and
             # quarantined after three tries.
             self._ahead.popleft()
+            raise
+        self._ahead.popleft()
         ids = [r.id for r in rows]
         claimed, handed = await rt.db.run(lambda s: self._apply_and_claim(s, ids, judged))
         self._next = claimed

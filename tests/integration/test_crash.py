@@ -94,3 +94,53 @@ def test_sigkill_mid_burst_loses_nothing_accepted_and_delivers_nothing_twice(tmp
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(30) == 0, "SIGTERM should stop the daemon cleanly with exit 0"
+
+
+def test_sigterm_mid_burst_stops_cleanly_gives_back_every_lease_and_loses_nothing(tmp_path, sink, database_url):
+    from sqlalchemy import create_engine, text
+
+    port = free_port()
+    cfg = write_config(tmp_path, smtp_port=port, sink_port=sink.port, database=database_url, retry_first="1s",
+                       extra="[acknowledge]\nenabled = false\n[limits]\nfamily_messages_per_half_term = 100000\n"
+                             "thread_messages = 100000\n")
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(cfg, port, log)
+    accepted: list[str] = []
+    lock = threading.Lock()
+
+    def burst(k: int) -> None:
+        for i in range(40):
+            m = message(subject=f"term {k}-{i}", body="x\n")
+            if send(port, wire(m)) == 250:
+                with lock:
+                    accepted.append(m["Message-ID"])
+
+    threads = [threading.Thread(target=burst, args=(k,)) for k in range(5)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(accepted) < 60 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(60) == 0, "SIGTERM should stop the daemon cleanly with exit 0"
+    for t in threads:
+        t.join()
+    assert 60 <= len(accepted) < 200, "the stop should land mid-burst"
+    # A clean stop leaves no lease behind: batches claimed ahead and rows handed to delivery are given back.
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        leased = [conn.execute(text(f"SELECT count(*) FROM {t} WHERE lease_owner IS NOT NULL")).scalar()
+                  for t in ("messages", "outbox")]
+    engine.dispose()
+    assert leased == [0, 0]
+    proc = start_daemon(cfg, port, log)
+    try:
+        deadline = time.monotonic() + 120
+        while not set(accepted) <= set(ids_at(sink)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ids = ids_at(sink)
+        assert set(accepted) - set(ids) == set(), "messages that got 250 were lost"
+        assert len(ids) == len(set(ids)), "a message was delivered twice"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0

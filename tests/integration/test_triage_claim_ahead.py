@@ -61,3 +61,4 @@ async def test_two_batches_in_hand_are_written_in_arrival_order_and_both_given_b
         assert [m for m, _ in sorted(events, key=lambda x: x[1])] == sorted(r.id for r in gw.messages())
     finally:
         await gw.stop()
+
