@@ -42,6 +42,11 @@ def load_all(path: Path | str) -> tuple[Config, RuleSet]:
     return config, rules
 
 
+def load_config(path: Path | str) -> tuple[Config, RuleSet]:
+    """The configuration alone, for work that judges no mail: the rules are left unloaded (empty)."""
+    return config_mod.load(path), RuleSet(digest="")
+
+
 def build_runtime(config: Config, rules: RuleSet, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
     config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
     db = Database(config.gateway.database, migrate=migrate)

@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_JUDGING = frozenset({"run", "check-config", "triage"})
+
+
 def _actor() -> str:
     return os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
 
@@ -84,8 +87,10 @@ def _actor() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from gateway.app import load_all
-        config, rules = load_all(args.config)
+        from gateway.app import load_all, load_config
+        # Only the commands that judge mail load the rules (about a second); the others, which an
+        # administrator runs by hand (held, release, queue, review, ...), start without them.
+        config, rules = load_all(args.config) if args.command in _JUDGING else load_config(args.config)
     except (ConfigError, RuleError) as exc:
         print(f"parentgate: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE

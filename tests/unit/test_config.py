@@ -100,6 +100,27 @@ def test_check_config_exits_2_with_the_message(tmp_path):
     assert ok.returncode == 0, ok.stderr
 
 
+def test_broken_rules_stop_the_commands_that_judge_mail_but_not_the_administrators_others(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "broken.toml").write_text('[[rule]]\nname = "Not Kebab"\n')
+    path = tmp_path / "c.toml"
+    path.write_text(BASE.replace('postmaster = "pm@school.example"\n',
+                                 f'postmaster = "pm@school.example"\nrules_dir = "{rules}"\nstate_dir = "var"\n'
+                                 f'database = "sqlite:///{tmp_path}/var/pg.db"\n'))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "--config", str(path), *args],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    bad = cli("check-config")
+    assert bad.returncode == 2 and "broken.toml" in bad.stderr
+    assert cli("run").returncode == 2
+    held = cli("held")
+    assert held.returncode == 0, held.stderr
+    assert "no held mail" in held.stdout
+
+
 def test_calendar_command_shows_closed_days_with_the_reason():
     out = subprocess.run([sys.executable, "-m", "gateway", "--config", str(ROOT / "config.example.toml"), "calendar",
                           "--from", "2026-12-17", "--days", "21"], capture_output=True, text=True, timeout=60)
