@@ -27,6 +27,17 @@ TOO_MANY_452 = "452 4.5.3 Too many recipients"
 MAX_RECIPIENTS = 100
 
 
+_DISPATCH: dict[type, list[str]] = {}
+
+
+def _dispatch_names(obj: object, prefixes: tuple[str, ...]) -> list[str]:
+    """The attribute names of obj's class that start with one of `prefixes`, computed once per class."""
+    names = _DISPATCH.get(type(obj))
+    if names is None:
+        names = _DISPATCH[type(obj)] = [n for n in dir(type(obj)) if n.startswith(prefixes)]
+    return names
+
+
 class GatewayHandler:
     def __init__(self, config: Callable[[], Config], inbox: Inbox) -> None:
         self._config = config
@@ -34,7 +45,7 @@ class GatewayHandler:
 
     def __dir__(self) -> list[str]:
         # What aiosmtpd looks for on a handler, for every new session (see GatewaySMTP).
-        return [name for name in vars(type(self)) if name.startswith("handle_")]
+        return _dispatch_names(self, ("handle_",))
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -89,8 +100,6 @@ class GatewaySMTP(SMTP):
     so `__dir__` answers them from a list computed once; the lookups then find the same methods.
     """
 
-    _dispatch_names: list[str] | None = None
-
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """A plain `<local@domain>` path is read directly; anything else by aiosmtpd's RFC 5322 parser
         (which costs more than the rest of the MAIL or RCPT command). Both give the same answer for
@@ -105,11 +114,7 @@ class GatewaySMTP(SMTP):
         return address, rest
 
     def __dir__(self) -> list[str]:
-        names = type(self)._dispatch_names
-        if names is None:
-            names = [n for n in object.__dir__(self) if n.startswith(("smtp_", "auth_"))]
-            type(self)._dispatch_names = names
-        return names
+        return _dispatch_names(self, ("smtp_", "auth_"))
 
 
 async def start_server(config: Callable[[], Config], inbox: Inbox) -> asyncio.Server:
