@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import smtplib
@@ -33,7 +34,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -205,6 +206,46 @@ class Load:
         return len(failures), "\n".join(failures[:5])
 
 
+# ------------------------------------------------------------------------------------ CPU accounting
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds so far) for every process we can read (Linux /proc)."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
+    return table
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by a process, and by its live descendants (parentgate's triage workers)."""
+    table = _proc_table()
+    own = table.get(pid, (0, 0.0))[1]
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    below, stack = 0.0, list(children.get(pid, []))
+    while stack:
+        p = stack.pop()
+        below += table[p][1]
+        stack.extend(children.get(p, []))
+    return own, below
+
+
+def generator_cpu() -> float:
+    """CPU seconds of this script's finished children: the load generator, once it has exited."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 # ----------------------------------------------------------------------------------------- one path
 
 @dataclass
@@ -216,6 +257,8 @@ class Result:
     total_s: float = 0.0  # until the sink held the last message for the recipient
     note: str = ""
     ran: bool = False
+    # CPU seconds spent during the measurement, by part: see `measure`.
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -230,11 +273,17 @@ class Result:
         return self.ran and self.delivered >= self.n
 
 
-def measure(result: Result, load: Load, sink: Sink, port: int, timeout: float) -> Result:
+def measure(result: Result, load: Load, sink: Sink, port: int, timeout: float, server: int | None = None) -> Result:
+    """Send, then wait for the sink. CPU is counted from the first connection until the sink held the
+    last message (or the wait ended): the sink's, the server's (`server`: parentgate's daemon, and
+    apart from it its triage workers) and the load generator's."""
     result.n = load.n
+    before_sink, before_server, before_gen = tree_cpu(sink.proc.pid)[0], tree_cpu(server) if server else None, \
+        generator_cpu()
     t0 = time.monotonic()
     failures, diag = load.send(port, timeout)
     t_accept = time.monotonic()
+    result.cpu["load generator"] = generator_cpu() - before_gen
     result.accept_s = t_accept - t0
     if failures:
         result.note = f"load generator reported failures: {diag.splitlines()[-1] if diag else failures}"
@@ -245,6 +294,11 @@ def measure(result: Result, load: Load, sink: Sink, port: int, timeout: float) -
         count, last = sink.reached(RCPT)
     result.ran = True
     result.delivered = count
+    result.cpu["sink"] = tree_cpu(sink.proc.pid)[0] - before_sink
+    if server and before_server:
+        own, below = tree_cpu(server)
+        result.cpu["parentgate daemon"] = own - before_server[0]
+        result.cpu["parentgate triage workers"] = below - before_server[1]
     if count >= load.n:
         result.total_s = last - t0
     else:
@@ -310,7 +364,7 @@ def run_parentgate(work: Path, load: Load, timeout: float, database: str | None,
             if not wait_port(port, 60, alive=lambda: proc.poll() is None):
                 result.note = f"parentgate did not start; log tail:\n{tail(log)}"
                 return result
-            measure(result, load, sink, port, timeout)
+            measure(result, load, sink, port, timeout, server=proc.pid)
             return result
         finally:
             stop_process(proc, group=True)
@@ -401,6 +455,18 @@ def print_report(results: list[Result], load: Load, info: dict[str, str], databa
     print()
     print("  accept = until the load generator had every reply; end-to-end = until the sink held all of them;")
     print("  msg/s = messages that reached the sink / end-to-end seconds.")
+    print()
+    parts = ["parentgate daemon", "parentgate triage workers", "sink", "load generator"]
+    print("  CPU per message, ms (from the first connection until the sink held the last message):")
+    print(f"  {'path':<40} " + " ".join(f"{p:>13}" for p in ["daemon", "triage wkrs", "sink", "load gen"])
+          + f" {'total':>8} {'cores busy':>11}")
+    for r in results:
+        if not r.ran or not r.n or not r.cpu:
+            continue
+        cells = [f"{1000 * r.cpu[p] / r.n:>13.2f}" if p in r.cpu else f"{'-':>13}" for p in parts]
+        total = sum(r.cpu.values())
+        print(f"  {r.path:<40} " + " ".join(cells) + f" {1000 * total / r.n:>8.2f} {total / r.total_s:>11.2f}")
+    print("  (Postfix's processes are not counted: its master runs detached.)")
     print()
     a, b, c = results
     if a.rate and b.rate:
