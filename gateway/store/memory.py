@@ -105,16 +105,6 @@ def count_family(session: Session, school: str, family: str, half_term: str,
     return int(session.scalar(query) or 0)
 
 
-def resolve_thread(session: Session, *, school: str, family: str, subject: str, ref_ids: list[str],
-                   now: datetime, create: bool = True) -> int | None:
-    """Thread identity from References / In-Reply-To, else normalised subject + family + school."""
-    found = thread_by_refs(session, school, ref_ids)
-    if found is not None:
-        return found
-    return thread_by_subject(session, school=school, family=family, key=subject_key(subject), now=now,
-                             create=create)
-
-
 def thread_by_refs(session: Session, school: str, ref_ids: list[str]) -> int | None:
     """The thread of a message this one refers to (References / In-Reply-To), if we have one."""
     if not ref_ids:

@@ -121,6 +121,7 @@ class Batch:
 
     def thread_for(self, session: Session, *, school: str, family: str, subject: str, ref_ids: list[str],
                    now: datetime, create: bool) -> int | None:
+        """Thread identity from References / In-Reply-To, else normalised subject + family + school."""
         if ref_ids:
             # A reply may quote a message triaged earlier in this batch: its thread must be in the database.
             session.flush()
@@ -179,29 +180,22 @@ def half_term_key(school: SchoolConfig, at: datetime) -> tuple[str, str]:
 def evaluate(session: Session, *, config: Config, rules: RuleSet, school: SchoolConfig, judged: Judged,
              mail_from: str, rcpts: tuple[str, ...], received_at: datetime, now: datetime,
              create_thread: bool, batch: Batch | None = None) -> Evaluation:
-    """With `batch`, the caller has autoflush off and the batch supplies what the database lacks."""
+    """With `batch`, the caller has autoflush off and the batch supplies what the database lacks;
+    without one (the dry run), the message is a batch of its own."""
+    batch = batch if batch is not None else Batch.of({})
     facts = judged.facts
     sender = memory.normalise_address(mail_from) if mail_from else ""
     blocked = suppression(facts, mail_from, config.own_domains)
     from_domain = (facts.from_addr or sender).rpartition("@")[2]
     counted = blocked not in AUTOMATED and from_domain not in config.own_domains
     address = facts.from_addr or sender
-    family = batch.family_for(session, school.id, address) if batch else memory.family_for(session, school.id, address)
+    family = batch.family_for(session, school.id, address)
     key, term_name = half_term_key(school, received_at)
-    previous = 0
-    if counted:
-        previous = (batch.family_count(session, school.id, family.key, key) if batch
-                    else memory.count_family(session, school.id, family.key, key))
+    previous = batch.family_count(session, school.id, family.key, key) if counted else 0
     refs = list(facts.references) + ([facts.in_reply_to] if facts.in_reply_to else [])
-    if batch is not None:
-        thread_id = batch.thread_for(session, school=school.id, family=family.key, subject=facts.subject,
-                                     ref_ids=refs, now=now, create=create_thread)
-    else:
-        thread_id = memory.resolve_thread(session, school=school.id, family=family.key, subject=facts.subject,
-                                          ref_ids=refs, now=now, create=create_thread)
-    in_thread = 0
-    if thread_id is not None:
-        in_thread = batch.thread_count(session, thread_id) if batch else memory.count_thread(session, thread_id)
+    thread_id = batch.thread_for(session, school=school.id, family=family.key, subject=facts.subject,
+                                 ref_ids=refs, now=now, create=create_thread)
+    in_thread = batch.thread_count(session, thread_id) if thread_id is not None else 0
     limits = config.limits
     context = Context(
         family=family.key, family_label=family.label, family_count=previous + (1 if counted else 0),
@@ -226,7 +220,7 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
 
 
 def _ack_block(session: Session, config: Config, school: SchoolConfig, kind: AckKind | None,
-               blocked: str | None, sender: str, now: datetime, batch: Batch | None) -> str | None:
+               blocked: str | None, sender: str, now: datetime, batch: Batch) -> str | None:
     """Why no acknowledgement is sent, or None to send one (RFC 3834 §2 and the school's settings)."""
     if kind is None:
         return "route-blocked"
@@ -234,14 +228,8 @@ def _ack_block(session: Session, config: Config, school: SchoolConfig, kind: Ack
         return "disabled"
     if blocked is not None:
         return blocked
-    if batch is not None:
-        if batch.acknowledged_recently(session, sender, kind.value, now - config.acknowledge.period):
-            return "already-acknowledged"
-        today = batch.acknowledgements_today(session, sender, now)
-    else:
-        if memory.acknowledged_recently(session, sender, kind.value, now - config.acknowledge.period):
-            return "already-acknowledged"
-        today = memory.acknowledgements_today(session, sender, now)
-    if today >= config.acknowledge.max_per_sender_per_day:
+    if batch.acknowledged_recently(session, sender, kind.value, now - config.acknowledge.period):
+        return "already-acknowledged"
+    if batch.acknowledgements_today(session, sender, now) >= config.acknowledge.max_per_sender_per_day:
         return "sender-throttled"
     return None
