@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 # The regular-expression parser is private; the prefilter is an optimisation only, so a Python
 # without it simply runs every phrase's pattern.
@@ -108,8 +108,10 @@ def _alternatives(source: str) -> list[str]:
     return found
 
 
-def _split_top(source: str) -> list[str]:
-    pieces, depth, in_class, start, i = [], 0, False, 0, 0
+def _structure(source: str) -> Iterator[tuple[int, str, int]]:
+    """(position, character, group depth after it) of each "(", ")" and "|" that is syntax: not
+    escaped and not inside a character class (where a "]" right after the "[" is a member)."""
+    depth, in_class, i = 0, False, 0
     while i < len(source):
         char = source[i]
         if char == "\\":
@@ -121,38 +123,25 @@ def _split_top(source: str) -> list[str]:
             in_class = True
             if source[i + 1:i + 2] == "]":
                 i += 1
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "|" and depth == 0:
+        elif char in "()|":
+            depth += {"(": 1, ")": -1, "|": 0}[char]
+            yield i, char, depth
+        i += 1
+
+
+def _split_top(source: str) -> list[str]:
+    pieces, start = [], 0
+    for i, char, depth in _structure(source):
+        if char == "|" and depth == 0:
             pieces.append(source[start:i])
             start = i + 1
-        i += 1
     pieces.append(source[start:])
     return pieces
 
 
 def _closes_at_end(piece: str) -> bool:
     """Whether the group opened at the start of `piece` closes only at its last character."""
-    depth, in_class, i = 0, False, 0
-    while i < len(piece):
-        char = piece[i]
-        if char == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0 and i != len(piece) - 1:
-                return False
-        i += 1
-    return True
+    return all(i == len(piece) - 1 for i, char, depth in _structure(piece) if char == ")" and depth == 0)
 
 
 def lowered(pattern: re.Pattern[str]) -> re.Pattern[str] | None:
