@@ -90,19 +90,11 @@ def _refresh_at(now: datetime, expires_in: float) -> datetime:
     return now + lifetime - min(REFRESH_MARGIN, lifetime / 2)
 
 
-class ClientCredentialsApp(Protocol):
-    """The part of `msal.ConfidentialClientApplication` we use; tests inject a fake."""
+class _CachedTokens:
+    """A token kept until shortly before it expires; `_fetch` gets a new one (token, expires_in s)."""
 
-    def acquire_token_for_client(self, scopes: list[str]) -> dict[str, Any]: ...
-
-
-class MicrosoftTokenProvider:
-    """Client-credentials tokens for Exchange Online IMAP, through msal."""
-
-    def __init__(self, tenant_id: str, client_id: str, client_secret: str, *,
-                 app: ClientCredentialsApp | None = None, now: Clock = _utc_now) -> None:
-        self._tenant_id, self._client_id, self._secret = tenant_id, client_id, client_secret
-        self._app, self._now = app, now
+    def __init__(self, now: Clock) -> None:
+        self._now = now
         self._lock = threading.Lock()
         self._cached: _Cached | None = None
 
@@ -111,17 +103,40 @@ class MicrosoftTokenProvider:
             now = self._now()
             if self._cached is not None and now < self._cached.refresh_at:
                 return self._cached.token
-            result = self._acquire()
-            access_token = result.get("access_token")
-            if not isinstance(access_token, str):
-                code = str(result.get("error", "no_token"))
-                # The description starts with an AADSTS code that an administrator can look up.
-                detail = str(result.get("error_description", "")).splitlines()[:1]
-                raise TokenError(code in _TEMPORARY_ERRORS,
-                                 f"Microsoft refused a token for client {self._client_id}: {code}"
-                                 + (f" ({detail[0]})" if detail else ""))
-            self._cached = _Cached(access_token, _refresh_at(now, float(result.get("expires_in", 3600))))
+            access_token, expires_in = self._fetch(now)
+            self._cached = _Cached(access_token, _refresh_at(now, expires_in))
             return access_token
+
+    def _fetch(self, now: datetime) -> tuple[str, float]:
+        raise NotImplementedError
+
+
+class ClientCredentialsApp(Protocol):
+    """The part of `msal.ConfidentialClientApplication` we use; tests inject a fake."""
+
+    def acquire_token_for_client(self, scopes: list[str]) -> dict[str, Any]: ...
+
+
+class MicrosoftTokenProvider(_CachedTokens):
+    """Client-credentials tokens for Exchange Online IMAP, through msal."""
+
+    def __init__(self, tenant_id: str, client_id: str, client_secret: str, *,
+                 app: ClientCredentialsApp | None = None, now: Clock = _utc_now) -> None:
+        super().__init__(now)
+        self._tenant_id, self._client_id, self._secret = tenant_id, client_id, client_secret
+        self._app = app
+
+    def _fetch(self, now: datetime) -> tuple[str, float]:
+        result = self._acquire()
+        access_token = result.get("access_token")
+        if not isinstance(access_token, str):
+            code = str(result.get("error", "no_token"))
+            # The description starts with an AADSTS code that an administrator can look up.
+            detail = str(result.get("error_description", "")).splitlines()[:1]
+            raise TokenError(code in _TEMPORARY_ERRORS,
+                             f"Microsoft refused a token for client {self._client_id}: {code}"
+                             + (f" ({detail[0]})" if detail else ""))
+        return access_token, float(result.get("expires_in", 3600))
 
     def _acquire(self) -> dict[str, Any]:
         # msal talks to the network while building the app (authority discovery)
@@ -161,7 +176,7 @@ def _load_service_account(path: Path) -> _ServiceAccount:
                                 f"(needs client_email and private_key)") from None
 
 
-class GoogleTokenProvider:
+class GoogleTokenProvider(_CachedTokens):
     """Service-account tokens for Gmail IMAP, impersonating one user by domain-wide delegation.
 
     Implements the JWT bearer grant (RFC 7523): a JWT signed with the service
@@ -170,25 +185,19 @@ class GoogleTokenProvider:
 
     def __init__(self, service_account_file: Path, subject: str, *, now: Clock = _utc_now,
                  timeout_s: float = HTTP_TIMEOUT_S) -> None:
-        self._file, self._subject, self._now, self._timeout = service_account_file, subject, now, timeout_s
+        super().__init__(now)
+        self._file, self._subject, self._timeout = service_account_file, subject, timeout_s
         self._account: _ServiceAccount | None = None
-        self._lock = threading.Lock()
-        self._cached: _Cached | None = None
 
-    def token(self) -> str:
-        with self._lock:
-            now = self._now()
-            if self._cached is not None and now < self._cached.refresh_at:
-                return self._cached.token
-            if self._account is None:
-                self._account = _load_service_account(self._file)
-            body = self._exchange(self._account, self._assertion(self._account, now))
-            access_token = body.get("access_token")
-            if not isinstance(access_token, str):
-                raise TokenError(True, f"Google's token endpoint answered without an access_token "
-                                       f"for {self._subject}")
-            self._cached = _Cached(access_token, _refresh_at(now, float(body.get("expires_in", 3600))))
-            return access_token
+    def _fetch(self, now: datetime) -> tuple[str, float]:
+        if self._account is None:
+            self._account = _load_service_account(self._file)
+        body = self._exchange(self._account, self._assertion(self._account, now))
+        access_token = body.get("access_token")
+        if not isinstance(access_token, str):
+            raise TokenError(True, f"Google's token endpoint answered without an access_token "
+                                   f"for {self._subject}")
+        return access_token, float(body.get("expires_in", 3600))
 
     def _assertion(self, account: _ServiceAccount, now: datetime) -> str:
         issued = int(now.timestamp())
