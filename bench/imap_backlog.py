@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from imapclient import IMAPClient  # noqa: E402
 
-from bench.machine import describe  # noqa: E402
+from bench.machine import descendants_cpu, describe, interrupted, process_cpu  # noqa: E402
 from gateway.act.mailbox import FETCH_BATCH  # noqa: E402
 from tests.integration.dovecot import Dovecot as TestDovecot, dovecot_binary  # noqa: E402
 
@@ -77,34 +77,10 @@ def machine() -> dict[str, str]:
     return info
 
 
-def _ticks(pid: int, children: bool) -> int:
-    """utime+stime (and, with children, the reaped children's) of one process, in clock ticks."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0
-    # Fields after "(comm)": state is [0], utime [11], stime [12], cutime [13], cstime [14].
-    return sum(int(fields[i]) for i in ((11, 12, 13, 14) if children else (11, 12)))
-
-
 def own_cpu() -> float:
     """CPU seconds of this process (all threads) and its reaped children (the judge processes)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def judge_pool_cpu() -> float:
-    """CPU seconds of this process's live child processes (the JudgePool workers)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    me, total = str(os.getpid()), 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "stat").read_text().rpartition(")")[2].split()[1] == me:
-                    total += _ticks(int(entry.name), False)
-            except (OSError, IndexError):
-                continue
-    return total / hz
 
 
 # ------------------------------------------------------------------------------------------- Dovecot
@@ -117,8 +93,7 @@ class Dovecot(TestDovecot):
         imap-login) plus the live processes (auth, config, running imap sessions)."""
         if self._pid is None:
             return 0.0
-        ticks = _ticks(self._pid, True) + sum(_ticks(pid, False) for pid in self._instance_pids())
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return process_cpu(self._pid, reaped_children=True) + sum(process_cpu(pid) for pid in self._instance_pids())
 
 
 def imap(server: Dovecot) -> IMAPClient:
@@ -272,7 +247,7 @@ class Meter:
         self._start = self._last = self._sample()
 
     def _sample(self) -> tuple[float, float, float]:
-        return time.monotonic(), own_cpu() + judge_pool_cpu(), self.server.cpu()
+        return time.monotonic(), own_cpu() + descendants_cpu(os.getpid()), self.server.cpu()
 
     def mark(self, name: str) -> None:
         now = self._sample()
@@ -438,10 +413,6 @@ def print_report(results: list[Result], n: int, size: int, info: dict[str, str])
     print()
 
 
-def _interrupted(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="IMAP backlog: parentgate backfill + triage + move vs a bare FETCH.")
     ap.add_argument("--n", type=int, default=2000, help="messages appended to the INBOX (default 2000)")
@@ -451,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--n must be >= 1")
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the `finally` below stops Dovecot and removes the temp dirs.
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupted)
+        signal.signal(sig, interrupted)
     work = Path(tempfile.mkdtemp(prefix="pg-bench-imap-"))
     server = Dovecot(work / "dovecot", free_port())
     try:

@@ -9,6 +9,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
 
 def describe(*packages: str) -> dict[str, str]:
     """Cores, CPU model, Python, kernel, SQLite, load, and the versions of `packages`."""
@@ -33,3 +35,42 @@ def describe(*packages: str) -> dict[str, str]:
             pass
     info["load average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return info
+
+
+# ------------------------------------------------------------------- CPU accounting (Linux /proc)
+
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after "(comm)": state [0], ppid [1], utime [11], stime [12],
+    cutime [13], cstime [14]; None if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def process_cpu(pid: int, *, reaped_children: bool = False) -> float:
+    """CPU seconds of one process (all threads), with its reaped children's if asked."""
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    return sum(int(fields[i]) for i in ((11, 12, 13, 14) if reaped_children else (11, 12))) / _TICK
+
+
+def descendants_cpu(pid: int) -> float:
+    """CPU seconds of the live descendants of a process (parentgate's triage workers, say)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        fields = _stat(entry) if entry.isdigit() else None
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, stack = 0.0, list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        total += process_cpu(child)
+        stack.extend(children.get(child, []))
+    return total
+
+
+def interrupted(signum: int, _frame: object) -> None:
+    """A SIGTERM/SIGHUP handler that unwinds like Ctrl-C, so a bench's `finally` blocks clean up."""
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -40,7 +40,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe  # noqa: E402
+from bench.machine import descendants_cpu, describe, interrupted, process_cpu  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = HERE / "scripts"
@@ -81,25 +81,20 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def stop_process(proc: subprocess.Popen, *, group: bool, timeout: float = 15.0) -> None:
     """SIGTERM (the process group when it has its own session), then SIGKILL after `timeout`."""
-    if proc.poll() is not None:
-        return
-    try:
-        if group:
-            os.killpg(proc.pid, signal.SIGTERM)
-        else:
-            proc.terminate()
-    except ProcessLookupError:
+
+    def send(sig: int) -> bool:
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    if proc.poll() is not None or not send(signal.SIGTERM):
         return
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        try:
-            if group:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-        except ProcessLookupError:
-            pass
+        send(signal.SIGKILL)
         proc.wait()
 
 
@@ -208,38 +203,6 @@ class Load:
 
 # ------------------------------------------------------------------------------------ CPU accounting
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _proc_table() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds so far) for every process we can read (Linux /proc)."""
-    table: dict[int, tuple[int, float]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK)
-    return table
-
-
-def tree_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds used so far by a process, and by its live descendants (parentgate's triage workers)."""
-    table = _proc_table()
-    own = table.get(pid, (0, 0.0))[1]
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in table.items():
-        children.setdefault(parent, []).append(child)
-    below, stack = 0.0, list(children.get(pid, []))
-    while stack:
-        p = stack.pop()
-        below += table[p][1]
-        stack.extend(children.get(p, []))
-    return own, below
-
-
 def generator_cpu() -> float:
     """CPU seconds of this script's finished children: the load generator, once it has exited."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -278,8 +241,8 @@ def measure(result: Result, load: Load, sink: Sink, port: int, timeout: float, s
     last message (or the wait ended): the sink's, the server's (`server`: parentgate's daemon, and
     apart from it its triage workers) and the load generator's."""
     result.n = load.n
-    before_sink, before_server, before_gen = tree_cpu(sink.proc.pid)[0], tree_cpu(server) if server else None, \
-        generator_cpu()
+    before_sink, before_gen = process_cpu(sink.proc.pid), generator_cpu()
+    before_server = (process_cpu(server), descendants_cpu(server)) if server else None
     t0 = time.monotonic()
     failures, diag = load.send(port, timeout)
     t_accept = time.monotonic()
@@ -294,11 +257,10 @@ def measure(result: Result, load: Load, sink: Sink, port: int, timeout: float, s
         count, last = sink.reached(RCPT)
     result.ran = True
     result.delivered = count
-    result.cpu["sink"] = tree_cpu(sink.proc.pid)[0] - before_sink
+    result.cpu["sink"] = process_cpu(sink.proc.pid) - before_sink
     if server and before_server:
-        own, below = tree_cpu(server)
-        result.cpu["parentgate daemon"] = own - before_server[0]
-        result.cpu["parentgate triage workers"] = below - before_server[1]
+        result.cpu["parentgate daemon"] = process_cpu(server) - before_server[0]
+        result.cpu["parentgate triage workers"] = descendants_cpu(server) - before_server[1]
     if count >= load.n:
         result.total_s = last - t0
     else:
@@ -485,10 +447,6 @@ def print_report(results: list[Result], load: Load, info: dict[str, str], databa
     print()
 
 
-def _interrupted(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="SMTP relay throughput: bare aiosmtpd vs parentgate vs Postfix.")
     ap.add_argument("--n", type=int, default=2000, help="messages per path (default 2000)")
@@ -512,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM/SIGHUP unwind like Ctrl-C, so every `finally` stops the daemon, the sinks and Postfix.
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupted)
+        signal.signal(sig, interrupted)
     load = Load(args.n, args.sessions, args.size)
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="pg-bench-"))
