@@ -11,13 +11,19 @@ from tests.conftest import utc
 from tests.support import InProcessGateway, message, write_config
 
 
-async def test_the_batch_claimed_ahead_is_triaged_next_or_given_back_on_stop(tmp_path, sink, monkeypatch):
+async def one_message_batches(tmp_path, sink, monkeypatch, n: int) -> InProcessGateway:
+    """A gateway whose triage batches hold one message each, with `n` messages received."""
     monkeypatch.setattr(triage_mod, "BATCH", 1)
     cfg = write_config(tmp_path, sink_port=sink.port, extra="[acknowledge]\nenabled = false\n")
     gw = await InProcessGateway(cfg, FixedClock(utc(2026, 11, 24, 10, 0))).start()
+    for i in range(n):
+        assert (await gw.send(message(subject=f"Reading book {i}")))[0] == 250
+    return gw
+
+
+async def test_the_batch_claimed_ahead_is_triaged_next_or_given_back_on_stop(tmp_path, sink, monkeypatch):
+    gw = await one_message_batches(tmp_path, sink, monkeypatch, 3)
     try:
-        for i in range(3):
-            assert (await gw.send(message(subject=f"Reading book {i}")))[0] == 250
         assert await gw.triage.run_once() == 1
         first, second, third = sorted(gw.messages(), key=lambda r: r.id)
         assert first.state != "received"
@@ -35,12 +41,8 @@ async def test_the_batch_claimed_ahead_is_triaged_next_or_given_back_on_stop(tmp
 async def test_two_batches_in_hand_are_written_in_arrival_order_and_both_given_back_on_stop(tmp_path, sink,
                                                                                             monkeypatch):
     """The daemon's depth 2: the next batch is being judged while this one is written."""
-    monkeypatch.setattr(triage_mod, "BATCH", 1)
-    cfg = write_config(tmp_path, sink_port=sink.port, extra="[acknowledge]\nenabled = false\n")
-    gw = await InProcessGateway(cfg, FixedClock(utc(2026, 11, 24, 10, 0))).start()
+    gw = await one_message_batches(tmp_path, sink, monkeypatch, 4)
     try:
-        for i in range(4):
-            assert (await gw.send(message(subject=f"Reading book {i}")))[0] == 250
         assert await gw.triage.run_once(depth=2) == 1
         first, second, third, fourth = sorted(gw.messages(), key=lambda r: r.id)
         # The first is written; the second is being judged, the third was claimed with the first's results.
