@@ -137,6 +137,16 @@ def claim_outbox(session: Session, *, owner: str, now: datetime, lease: timedelt
     return rows
 
 
+def release_messages(session: Session, ids: list[int], state: State, owner: str) -> int:
+    """Give up our leases on messages claimed in `state` and not worked on (a clean stop): claimable
+    again at once, and the claim not counted, so a stop never brings a message nearer to quarantine."""
+    result = session.execute(update(MessageRow).where(
+        MessageRow.id.in_(ids), MessageRow.state == state.value, MessageRow.lease_owner == owner,
+        MessageRow.claims > 0).values(
+        lease_owner=None, lease_until=None, claims=MessageRow.claims - 1))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def release_outbox(session: Session, ids: list[int], owner: str) -> int:
     """Give up our leases on outbox rows not attempted (a clean stop): claimable again at once."""
     result = session.execute(update(OutboxRow).where(

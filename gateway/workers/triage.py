@@ -14,14 +14,14 @@ from collections import deque
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
 from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
 from gateway.domain.states import State
 from gateway.store.models import MessageRow, OutboxRow
-from gateway.store.queue import claim_messages, transition
+from gateway.store.queue import claim_messages, release_messages, transition
 from gateway.workers.dispatch import OUTBOX_LEASE, Job, complete_if_done, enqueue, imap_move, jobs_for, outbox_row
 from gateway.workers.evaluate import Batch, Evaluation, Judged, evaluate, judge, standing
 from gateway.workers.judging import JudgePool, Results, judge_each
@@ -103,7 +103,7 @@ class TriageWorker:
         if not ids:
             return 0
         owner = self.rt.owner
-        return await self.rt.db.run(lambda s: _unclaim(s, ids, owner))
+        return await self.rt.db.run(lambda s: release_messages(s, ids, State.RECEIVED, owner))
 
     async def run_until_idle(self) -> int:
         total = 0
@@ -175,13 +175,6 @@ class TriageWorker:
 
 def _ack_key(ev: Evaluation) -> tuple[str, str] | None:
     return (ev.sender, ev.ack.value) if ev.ack is not None else None
-
-
-def _unclaim(session: Session, ids: list[int], owner: str) -> int:
-    result = session.execute(update(MessageRow).where(
-        MessageRow.id.in_(ids), MessageRow.state == State.RECEIVED.value, MessageRow.lease_owner == owner,
-        MessageRow.claims > 0).values(lease_owner=None, lease_until=None, claims=MessageRow.claims - 1))
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _claim(session: Session, rt: Runtime) -> list[MessageRow]:
