@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1 with free ports and lives in the test's own temp
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
@@ -246,3 +247,13 @@ async def wait_for(predicate: Any, timeout: float = 10.0, step: float = 0.05) ->
             return True
         await asyncio.sleep(step)
     return bool(predicate())
+
+
+def reply_json(handler: Any, status: int, body: object) -> None:
+    """Answer an http.server request with a JSON body (the loopback token and introspection endpoints)."""
+    payload = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import threading
 import urllib.parse
 import time
@@ -27,6 +26,7 @@ from gateway.config import Credentials, MailboxConfig, OAuth2Config
 from gateway.ingest.imap import FetchedMessage, MailboxActions, MailboxWatcher, backfill, open_session
 from gateway.ingest.oauth import TokenError
 from tests.integration.dovecot import Dovecot, dovecot, dovecot_binary, free_port  # noqa: F401  (fixture)
+from tests.support import reply_json
 
 pytestmark = pytest.mark.dovecot
 
@@ -253,12 +253,7 @@ class Introspection(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
         good = form.get("token") == ["good-token"]
-        payload = json.dumps({"active": True, "username": "alice"} if good else {"active": False}).encode()
-        self.send_response(200 if good else 401)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        reply_json(self, 200 if good else 401, {"active": True, "username": "alice"} if good else {"active": False})
 
     def log_message(self, *_args: Any) -> None:
         pass

@@ -27,6 +27,7 @@ from gateway.ingest.oauth import (
     provider_for,
     xoauth2_string,
 )
+from tests.support import reply_json
 
 T0 = datetime(2026, 1, 12, 9, 0, tzinfo=UTC)
 
@@ -59,12 +60,7 @@ class TokenEndpoint:
                 length = int(self.headers["Content-Length"])
                 form = urllib.parse.parse_qs(self.rfile.read(length).decode())
                 endpoint.forms.append({key: values[0] for key, values in form.items()})
-                payload = json.dumps(endpoint.body).encode()
-                self.send_response(endpoint.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                reply_json(self, endpoint.status, endpoint.body)
 
             def log_message(self, *_args: Any) -> None:
                 pass
