@@ -23,8 +23,19 @@ class UsageError(Exception):
     pass
 
 
+def _version() -> str:
+    """The installed distribution's version; the package's own for a source tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("parentgate")
+    except PackageNotFoundError:
+        from gateway import __version__
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parentgate", description="A school's home-school email gateway.")
+    p.add_argument("--version", action="version", version=f"parentgate {_version()}")
     p.add_argument("--config", default=os.environ.get("PARENTGATE_CONFIG", "/etc/parentgate/config.toml"),
                    help="the TOML configuration file (default: $PARENTGATE_CONFIG or /etc/parentgate/config.toml)")
     sub = p.add_subparsers(dest="command", required=True)

@@ -14,11 +14,11 @@ import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from gateway.domain.findings import Flag
+from gateway.shipped import rules_directory
 from gateway.triage.matching import Passage, PhraseRule, compile_phrases
 from gateway.triage.models import Models
 from gateway.triage.prefilter import LiteralIndex
@@ -59,15 +59,8 @@ class RuleSet:
 
 
 def default_rules_dir() -> Path:
-    """The rules shipped with parentgate: the package `gateway._rules`, or `rules/` in a checkout."""
-    try:
-        shipped = resources.files("gateway._rules")
-        candidate = Path(str(shipped))
-        if candidate.is_dir() and any(candidate.glob("*.toml")):
-            return candidate
-    except (ModuleNotFoundError, TypeError, ValueError):
-        pass
-    return Path(__file__).resolve().parents[2] / "rules"
+    """The rules shipped with parentgate (`rules/`, installed as `gateway._rules`), as a directory."""
+    return rules_directory()
 
 
 def _strings(path: Path, rule: str, key: str, value: Any) -> tuple[str, ...]:
