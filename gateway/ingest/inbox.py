@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from sqlalchemy.exc import DataError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from gateway.clock import Clock
@@ -62,11 +63,35 @@ def insert_received(session: Session, items: list[Incoming], clock: Clock, actor
     return add_received(session, [new_message(item, clock) for item in items], actor=actor)
 
 
+InsertFn = Callable[[Session, list[Incoming], Clock, str], list[int]]
+
+
+class Unstorable(Exception):
+    """One message that could not be stored. `permanent`: storing it again would fail the same way
+    (the database refused its values), so its sender is told 5xx rather than to try again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(cause.__class__.__name__)
+        self.permanent = is_permanent(cause)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """A failure caused by the values themselves (a value the database refuses, or that cannot be
+    encoded for it), as opposed to the database being unreachable, busy or locked."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    if isinstance(exc, StatementError) and isinstance(exc.orig, (ValueError, TypeError, UnicodeError)):
+        return True
+    return isinstance(exc, (ValueError, TypeError, UnicodeError))
+
+
 class Inbox:
     """Durable intake shared by SMTP and IMAP ingest."""
 
-    def __init__(self, db: Database, clock: Clock, *, on_stored: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, db: Database, clock: Clock, *, on_stored: Callable[[], None] = lambda: None,
+                 insert: InsertFn = insert_received) -> None:
         self._db, self._clock, self._on_stored = db, clock, on_stored
+        self._insert = insert
         # Appended on the event loop, taken on the database thread (deque appends and pops are atomic).
         self._waiting: deque[tuple[Incoming, asyncio.Future[int]]] = deque()
         self._arrived = asyncio.Event()
@@ -104,16 +129,30 @@ class Inbox:
                 break
         return group
 
-    def _store(self) -> tuple[list[tuple[Incoming, asyncio.Future[int]]], list[int] | BaseException]:
-        """On the database thread: take the group waiting now and commit it; the failure, if any, is returned."""
+    def _store(self) -> tuple[list[tuple[Incoming, asyncio.Future[int]]], list[int | BaseException]]:
+        """On the database thread: take the group waiting now and commit it. Each item's id, or the
+        reason it could not be stored.
+
+        Should the group's transaction fail, each message is stored again in a transaction of its own,
+        so that one unstorable row fails only its own sender and never the others of its group."""
         group = self._take()
         if not group:
             return group, []
         items = [item for item, _ in group]
         try:
-            return group, self._db.transact(lambda s: insert_received(s, items, self._clock, "smtp"))
-        except Exception as exc:  # noqa: BLE001 - every waiter of the group gets the failure
-            return group, exc
+            return group, list(self._db.transact(lambda s: self._insert(s, items, self._clock, "smtp")))
+        except Exception as exc:  # noqa: BLE001 - retried one by one below
+            if len(items) == 1:
+                return group, [Unstorable(exc)]
+            log.warning("a group of %d incoming messages could not be stored (%s); storing each alone",
+                        len(items), exc.__class__.__name__)
+        results: list[int | BaseException] = []
+        for item in items:
+            try:
+                results.append(self._db.transact(lambda s: self._insert(s, [item], self._clock, "smtp"))[0])
+            except Exception as exc:  # noqa: BLE001 - this item's own failure, for its own sender
+                results.append(Unstorable(exc))
+        return group, results
 
     async def _commit_groups(self) -> None:
         while True:
@@ -124,19 +163,21 @@ class Inbox:
             if not self._waiting:
                 continue
             try:
-                group, ids = await self._db.call(self._store, priority=URGENT)
+                group, results = await self._db.call(self._store, priority=URGENT)
             except Exception as exc:  # noqa: BLE001 - the executor itself failed: nothing was taken
                 log.error("could not store incoming messages: %s", exc.__class__.__name__)
                 await asyncio.sleep(0.1)
                 continue
-            if isinstance(ids, BaseException):
-                log.error("could not store %d incoming message(s): %s", len(group), ids.__class__.__name__)
-                for _, future in group:
+            stored = False
+            for (_, future), result in zip(group, results):
+                if isinstance(result, BaseException):
+                    log.error("could not store an incoming message (%s, %s)", result,
+                              "permanent" if getattr(result, "permanent", False) else "temporary")
                     if not future.done():
-                        future.set_exception(ids)
-                continue
-            for (_, future), message_id in zip(group, ids):
+                        future.set_exception(result)
+                    continue
+                stored = True
                 if not future.done():
-                    future.set_result(message_id)
-            if group:
+                    future.set_result(result)
+            if stored:
                 self._on_stored()

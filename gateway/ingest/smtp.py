@@ -14,7 +14,7 @@ from typing import Callable
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Config
-from gateway.ingest.inbox import Inbox, Incoming
+from gateway.ingest.inbox import Inbox, Incoming, Unstorable
 
 log = logging.getLogger("parentgate.smtp")
 
@@ -24,6 +24,7 @@ BAD_ADDRESS_553 = "553 5.1.3 Bad recipient address syntax"
 TOO_BIG_552 = "552 5.3.4 Message too big for this gateway"
 TRY_LATER_451 = "451 4.3.0 Temporary local problem; please try again later"
 TOO_MANY_452 = "452 4.5.3 Too many recipients"
+UNSTORABLE_554 = "554 5.6.0 Message content could not be stored; not accepted"
 MAX_RECIPIENTS = 100
 
 
@@ -76,6 +77,12 @@ class GatewayHandler:
                 await self._inbox.receive(Incoming(
                     raw=raw, mail_from=(envelope.mail_from or "").strip("<>"), rcpt_tos=tuple(rcpts),
                     school=school_id, peer=peer, helo=session.host_name))
+        except Unstorable as exc:
+            # The database refused this message's own values: trying again would fail the same way.
+            if exc.permanent:
+                return UNSTORABLE_554
+            log.error("could not store a message from %s: %s", peer, exc)
+            return TRY_LATER_451
         except Exception:  # noqa: BLE001 - the client learns only that it should retry
             log.exception("could not store a message from %s", peer)
             return TRY_LATER_451
