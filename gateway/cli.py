@@ -111,8 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # loop's time under load, and personal data we do not need. Its warnings and errors still show.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     if args.command == "check-config":
+        from gateway.preflight import report
+        fine, problems = report(config)
+        if problems:
+            print("\n".join(f"parentgate: {line}" for line in problems), file=sys.stderr)
+            return EXIT_USAGE
         print(f"{config.path}: ok ({len(config.schools)} school(s), {len(config.mailboxes)} IMAP mailbox(es), "
               f"rules {rules.digest[:12]})")
+        print("\n".join(fine))
         return 0
     if args.command == "calendar":
         return _calendar(config, args)

@@ -6,8 +6,10 @@ Every problem is reported as a `ConfigError` naming the file, the key and what i
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -167,7 +169,17 @@ def _database_url(base: Path, state_dir: Path, raw: str | None) -> str:
     return raw
 
 
-def load(path: Path | str) -> Config:
+def default_state_dir(base: Path, environ: Mapping[str, str]) -> Path:
+    """Where state lives when the file does not say: systemd's StateDirectory=, else `var` beside the file.
+
+    systemd passes the absolute paths of StateDirectory= in $STATE_DIRECTORY, colon-separated when
+    the unit names several (systemd.exec(5)); the first is ours.
+    """
+    first = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(first) if first and Path(first).is_absolute() else base / "var"
+
+
+def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate `path`. Raises ConfigError naming the file, key and problem."""
     path = Path(path).resolve()
     try:
@@ -182,7 +194,9 @@ def load(path: Path | str) -> Config:
     root = Table(path, "", data)
 
     gw = root.table("gateway")
-    state_dir = resolve_path(base, gw.get("state_dir", str, "var"))
+    state_raw = gw.optional("state_dir", str)
+    state_dir = (resolve_path(base, state_raw) if state_raw
+                 else default_state_dir(base, os.environ if environ is None else environ))
     database = _database_url(base, state_dir, gw.optional("database", str))
     if not database.startswith(("sqlite://", "postgresql")):
         raise gw.error("database", "must be a sqlite:/// or postgresql+psycopg:// URL")
@@ -213,8 +227,9 @@ def load(path: Path | str) -> Config:
     if mode not in ("maildir", "smtp"):
         raise dl.error("mode", f"must be \"maildir\" or \"smtp\", got {mode!r}")
     sh_host, sh_port = dl.convert("smarthost", dl.get("smarthost", str, "127.0.0.1:10026"), split_hostport)
+    maildir_raw = dl.optional("maildir_root", str)
     delivery = DeliveryConfig(
-        mode=mode, maildir_root=resolve_path(base, dl.get("maildir_root", str, "var/mail")),
+        mode=mode, maildir_root=resolve_path(base, maildir_raw) if maildir_raw else state_dir / "mail",
         smarthost_host=sh_host, smarthost_port=sh_port,
         retry_first_delay=read_duration(dl, "retry_first_delay", "5m"),
         retry_max_delay=read_duration(dl, "retry_max_delay", "4h"),

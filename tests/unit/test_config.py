@@ -15,7 +15,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def test_the_example_config_documents_and_loads_every_contract_key():
-    config = load(ROOT / "config.example.toml")
+    config = load(ROOT / "config.example.toml", environ={})
     assert config.gateway.state_dir == ROOT / "var"
     assert config.gateway.database == f"sqlite:///{ROOT / 'var' / 'parentgate.db'}"
     assert config.smtp.port == 2525 and config.smtp.max_message_size == 26214400
