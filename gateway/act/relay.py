@@ -14,7 +14,7 @@ from typing import Callable
 
 import aiosmtplib
 
-from gateway.act.transport import Outcome, classify_reply
+from gateway.act.transport import REPLY_LIMIT, Outcome, classify_reply, reply_text
 
 log = logging.getLogger("parentgate.relay")
 
@@ -62,9 +62,7 @@ class SmtpRelay:
                 errors, response = await client.sendmail(mail_from, rcpts, data)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 await self._discard_or_keep(client, keep=True)
-                codes = [e.code for e in exc.recipients]
-                temporary = all(400 <= c < 500 or c == 552 for c in codes)
-                return Outcome(ok=False, temporary=temporary, detail=f"recipients refused ({codes[:3]})")
+                return refused_outcome(exc.recipients)
             except aiosmtplib.SMTPResponseException as exc:
                 await self._discard_or_keep(client, keep=exc.code < 500 or exc.code == 552)
                 return classify_reply(exc.code, exc.message)
@@ -72,7 +70,7 @@ class SmtpRelay:
                 await self._discard_or_keep(client, keep=False)
                 client = None
                 if fresh or attempt == 1:
-                    return Outcome(ok=False, temporary=True, detail=f"connection: {exc.__class__.__name__}")
+                    return Outcome(ok=False, temporary=True, detail=connection_detail(exc))
                 # A cached connection may have been closed by the server while idle: retry once fresh.
                 continue
             refused = tuple(sorted(errors))
@@ -80,7 +78,8 @@ class SmtpRelay:
                 self._idle.append(client)
             else:
                 await self._discard_or_keep(client, keep=False)
-            return Outcome.sent(str(response)[:200], refused=refused)
+            replies = tuple((rcpt, reply_text(errors[rcpt].code, errors[rcpt].message)) for rcpt in refused)
+            return Outcome.sent(reply_text(0, str(response)), refused=refused, replies=replies)
         return Outcome(ok=False, temporary=True, detail="connection failed")
 
     async def _discard_or_keep(self, client: aiosmtplib.SMTP | None, *, keep: bool) -> None:
@@ -105,3 +104,20 @@ class SmtpRelay:
                 await client.quit()
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
                 client.close()
+
+
+def refused_outcome(refusals: list[aiosmtplib.SMTPRecipientRefused]) -> Outcome:
+    """Every recipient refused at RCPT: temporary only if every refusal was (4xx, or 552 as in
+    `classify_reply`); the detail and `replies` carry each recipient's own reply."""
+    replies = tuple((e.recipient, reply_text(e.code, e.message)) for e in refusals)
+    temporary = all(400 <= e.code < 500 or e.code == 552 for e in refusals)
+    detail = "; ".join(f"<{rcpt}>: {text}" for rcpt, text in replies)
+    if len(detail) > REPLY_LIMIT:
+        detail = detail[: REPLY_LIMIT - 3] + "..."
+    return Outcome(ok=False, temporary=temporary, detail=detail, replies=replies)
+
+
+def connection_detail(exc: BaseException) -> str:
+    """What went wrong when no server reply came: the error's class and its own words, escaped."""
+    words = str(exc)
+    return reply_text(0, f"connection: {exc.__class__.__name__}" + (f": {words}" if words else ""))

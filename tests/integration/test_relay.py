@@ -103,7 +103,8 @@ async def test_permanent_failure_fails_at_once_and_tells_the_postmaster(tmp_path
             assert row.state == "failed"
             notices = bad.to("postmaster@oakfield-primary.sch.example")
             assert len(notices) == 1
-            assert b"recipients refused ([550])" in notices[0].data
+            # The postmaster hears the server's own words.
+            assert b"550 5.1.1 no such user" in notices[0].data
             assert b"Attempts:     1" in notices[0].data
         finally:
             await gw.stop()
