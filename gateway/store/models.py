@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
-                        UniqueConstraint)
+                        UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -125,6 +125,10 @@ class OutboxRow(Base):
         Index("ix_outbox_due", "state", "not_before"),
         Index("ix_outbox_message", "message"),
         Index("ix_outbox_ack", "ack_sender", "ack_kind"),
+        # At most one delivery status notification per message, whichever gateway writes it (RFC 3464
+        # bounces must not multiply): the database refuses a second, see store.reports.
+        Index("ix_outbox_one_dsn", "message", unique=True, sqlite_where=text("kind = 'dsn'"),
+              postgresql_where=text("kind = 'dsn'")),
     )
 
 

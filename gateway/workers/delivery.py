@@ -26,6 +26,7 @@ from gateway.store import memory
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import claim_outbox, release_outbox, transition
 from gateway.triage.facts import parse_message
+from gateway.workers.bounce import failed_recipients, report_failure
 from gateway.workers.dispatch import (DELIVERY_KINDS, OUTBOX_LEASE, Job, complete_from_rows, jobs_for,
                                      outbox_row)
 from gateway.workers.runtime import Runtime, Wakeup
@@ -207,8 +208,11 @@ class DeliveryWorker:
             row.state, row.finished_at = OutboxState.FAILED.value, now
             log.warning("outbox %s (message %s, %s) failed after %d attempt(s): %s", row.id, row.message,
                         row.kind, row.attempts, outcome.detail[:120])
-            if row.kind != "notice":
+            # A DSN that fails is not reported again: the postmaster heard of the original failure
+            # (Postfix too drops double bounces unless notify_classes asks for them).
+            if row.kind not in ("notice", "dsn"):
                 self._notify_postmaster(session, row, message, row.rcpts, outcome.detail, now)
+            report_failure(session, self.rt, row, message, list(row.rcpts), outcome, now)
         # Once per message per batch, from the rows already in memory: every outcome of the batch is
         # applied first, so a message whose rows all finished in this batch completes exactly once.
         for message in touched.values():
@@ -225,7 +229,9 @@ class DeliveryWorker:
         if row.kind == "imap_move" and message is not None and row.params:
             message.folder = str(row.params.get("to"))
         if outcome.refused and row.kind != "notice":
-            self._notify_postmaster(session, row, message, list(outcome.refused), "recipient refused", now)
+            refusals = "; ".join(f"<{r.address}>: {r.reply}" for r in failed_recipients(list(outcome.refused), outcome))
+            self._notify_postmaster(session, row, message, list(outcome.refused), refusals, now)
+            report_failure(session, self.rt, row, message, list(outcome.refused), outcome, now)
 
     def _notify_postmaster(self, session: Session, row: OutboxRow, message: MessageRow | None,
                            rcpts: list[str], error: str, now: datetime) -> None:
