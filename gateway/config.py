@@ -23,6 +23,7 @@ __all__ = ["Config", "ConfigError", "load", "parse_clock", "parse_duration", "sp
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 NATIONS = ("ENG", "WLS", "SCT", "NIR", "none")
+UNKNOWN_SENDERS = ("parent", "pass")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)+[A-Za-z0-9-]{1,63}$")
 
 
@@ -123,6 +124,16 @@ class SchoolConfig:
     acknowledge_from: str
     acknowledge: bool
     calendar: SchoolCalendar = field(repr=False, compare=False)
+    # Mail from these domains (the trust's, the local authority's, other schools') is internal, like the
+    # school's own; mail to these recipients (finance@) passes through. See `gateway.domain.senders`.
+    passthrough_domains: tuple[str, ...] = ()
+    passthrough_recipients: frozenset[str] = frozenset()
+    # "parent": strangers are treated as parents (most parents write from unrecorded addresses); "pass".
+    unknown_senders: str = "parent"
+
+    @property
+    def internal_domains(self) -> tuple[str, ...]:
+        return self.domains + self.passthrough_domains
 
 
 @dataclass(frozen=True)
@@ -291,6 +302,10 @@ def _school(t: Table, tz_name: str, ack_default: bool) -> SchoolConfig:
     ack_table = t.table("acknowledge")
     ack_enabled = ack_table.get("enabled", bool, ack_default)
     ack_table.finish()
+    unknown_senders = t.get("unknown_senders", str, "parent")
+    if unknown_senders not in UNKNOWN_SENDERS:
+        raise t.error("unknown_senders", f"must be \"parent\" or \"pass\", got {unknown_senders!r}")
+    passthrough_domains, passthrough_recipients = _passthrough(t.table("passthrough"), domains)
 
     hours = t.table("hours")
     open_at = hours.convert("open", hours.get("open", str, "08:00"), parse_clock)
@@ -334,9 +349,27 @@ def _school(t: Table, tz_name: str, ack_default: bool) -> SchoolConfig:
         id=school_id, name=t.get("name", str, school_id), domains=domains,
         head_of_school=read_address(t, "head_of_school"), office=read_address(t, "office"),
         office_phone=t.get("office_phone", str, ""), dsl=read_address(t, "dsl"),
-        acknowledge_from=ack_from.lower(), acknowledge=ack_enabled, calendar=calendar)
+        acknowledge_from=ack_from.lower(), acknowledge=ack_enabled, calendar=calendar,
+        passthrough_domains=passthrough_domains, passthrough_recipients=passthrough_recipients,
+        unknown_senders=unknown_senders)
     t.finish()
     return school
+
+
+def _passthrough(t: Table, own: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """[schools.passthrough]: the domains whose mail is internal, and the recipients never screened."""
+    domains = t.get("domains", list, [])
+    if not all(isinstance(d, str) and _DOMAIN.match(d) for d in domains):
+        raise t.error("domains", "must be a list of domain names, e.g. [\"trust.example.org\"]")
+    recipients = t.get("recipients", list, [])
+    for address in recipients:
+        if not isinstance(address, str) or not ADDRESS.match(address):
+            raise t.error("recipients", f"{address!r} is not an email address")
+        # Mail for any other domain is refused at RCPT (never an open relay), so it could never arrive.
+        if address.rpartition("@")[2].lower() not in own:
+            raise t.error("recipients", f"{address!r} is not in the school's domains ({', '.join(own)})")
+    t.finish()
+    return tuple(d.lower().rstrip(".") for d in domains), frozenset(a.lower() for a in recipients)
 
 
 def _credentials(t: Table, base: Path, *, required: bool) -> Credentials | None:

@@ -48,14 +48,15 @@ def triage_files(config: Config, rules: RuleSet, files: list[Path], at: datetime
                     "reasons": [{"rule": r.rule, "evidence": r.evidence} for r in f.reasons],
                     "acknowledge": ev.ack is not None, "family": ev.family.key,
                     "family_count": f.family_count, "thread_count": f.thread_count, "half_term": f.half_term,
-                    "language": f.language, "school": school.id,
+                    "language": f.language, "school": school.id, "sender_class": ev.sender_class.value,
                 }
                 if as_json:
                     yield json.dumps(row, ensure_ascii=False)
                 else:
                     when_text = row["deliver_at"] or "now"
                     why = "; ".join(f"{r.rule}: {r.evidence}" for r in f.reasons) or "no findings"
-                    yield (f"{path}: route {row['route']}, deliver {when_text}, tone {row['tone']}, "
+                    yield (f"{path}: sender {row['sender_class']}, route {row['route']}, deliver {when_text}, "
+                           f"tone {row['tone']}, "
                            f"acknowledge {'yes' if row['acknowledge'] else 'no (' + str(ev.ack_block) + ')'}; {why}")
             session.rollback()
     finally:

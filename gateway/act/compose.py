@@ -98,6 +98,7 @@ def render_acknowledgement(
     school_name: str,
     parent_name: str | None,
     reply_by: date,
+    family_known: bool = True,
     reopen_date: date | None,
     break_name: str | None,
     office_phone: str,
@@ -105,13 +106,15 @@ def render_acknowledgement(
 ) -> str:
     """The plain-text body of an acknowledgement, rendered from a school-editable template.
 
-    Templates receive only the values below, never the parent's subject or body.
+    Templates receive only the values below, never the parent's subject or body. `family_known` is
+    false when the sender is not in the family directory: the wording must then not assume a parent.
     Dates are given both as British text (`reply_by`, `reopen`) and as dates
     (`reply_by_date`, `reopen_date`, usable with the `british_date` filter).
     """
     values = {
         "school_name": one_line(school_name, NAME_LIMIT),
         "parent_name": _optional(parent_name),
+        "family_known": family_known,
         "reply_by": british_date(reply_by, now),
         "reply_by_date": reply_by,
         "reopen": british_date(reopen_date, now) if reopen_date else None,

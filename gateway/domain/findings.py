@@ -38,6 +38,8 @@ class Flag(str, Enum):
     THREAD_LIMIT = "long_thread"
     LONG_MESSAGE = "long_message"
     AUTOMATED = "automated"
+    # Not parents' mail (a colleague, a passthrough domain or recipient): delivered untouched.
+    PASSTHROUGH = "passthrough"
 
 
 @dataclass(frozen=True)

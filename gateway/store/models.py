@@ -67,6 +67,8 @@ class MessageRow(Base):
     half_term: Mapped[str | None] = mapped_column(SafeString(64))
     counted: Mapped[int] = mapped_column(Integer, default=0)
     thread_id: Mapped[int | None] = mapped_column(Integer)
+    # internal | family | unknown (gateway.domain.senders), set at triage.
+    sender_class: Mapped[str | None] = mapped_column(String(16))
     note: Mapped[str | None] = mapped_column(SafeText)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -14,17 +14,19 @@ from sqlalchemy.orm import Session
 
 from gateway.config import Config, SchoolConfig
 from gateway.decide.acknowledge import AckKind, ack_kind, suppression
+from gateway.decide.passthrough import passthrough_plan, passthrough_reason
 from gateway.decide.plan import Plan, plan
 from gateway.decide.route import route_for
 from gateway.domain.facts import Facts
-from gateway.domain.findings import ContentFindings, Findings, Route
+from gateway.domain.findings import ContentFindings, Findings, Route, Tone
+from gateway.domain.senders import SenderClass, classify_sender
 from gateway.domain.states import State
 from gateway.store import memory
 from gateway.store.models import MessageRow
 from gateway.triage import Context, combine
 from gateway.triage.facts import parse_message
 from gateway.triage.content import classify
-from gateway.triage.limits import Limits
+from gateway.triage.limits import Limits, word_count
 from gateway.triage.rules import RuleSet
 
 # Suppression reasons that mean "a machine sent this": such mail is never counted against a family.
@@ -170,6 +172,7 @@ class Evaluation:
     half_term_key: str
     thread_id: int | None
     counted: bool
+    sender_class: SenderClass = SenderClass.UNKNOWN
 
 
 def half_term_key(school: SchoolConfig, at: datetime) -> tuple[str, str]:
@@ -191,6 +194,20 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
     address = facts.from_addr or sender
     family = batch.family_for(session, school.id, address)
     key, term_name = half_term_key(school, received_at)
+    sender_class = classify_sender(envelope_sender=sender, from_addr=facts.from_addr,
+                                   internal_domains=school.internal_domains, in_directory=family.known)
+    passing = passthrough_reason(sender_class, sender=sender or facts.from_addr, rcpts=rcpts,
+                                 own_domains=school.domains, passthrough_recipients=school.passthrough_recipients,
+                                 unknown_senders=school.unknown_senders)
+    if passing is not None:
+        # Not parents' mail: no counts, no thread, no content rules, no acknowledgement, no hold.
+        findings = Findings(tone=Tone.NEUTRAL, reasons=(passing,), language=judged.content.language,
+                            family=family.key, family_count=0, half_term=term_name, thread_count=0,
+                            words=word_count(facts.new_text))
+        return Evaluation(school=school, facts=facts, findings=findings, route=Route.STAFF,
+                          plan=passthrough_plan(calendar=school.calendar, now=now, staff=rcpts), ack=None,
+                          ack_block="passthrough", sender=sender, family=family, half_term_key=key,
+                          thread_id=None, counted=False, sender_class=sender_class)
     previous = batch.family_count(session, school.id, family.key, key) if counted else 0
     refs = list(facts.references) + ([facts.in_reply_to] if facts.in_reply_to else [])
     thread_id = batch.thread_for(session, school=school.id, family=family.key, subject=facts.subject,
@@ -216,7 +233,7 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
     block = _ack_block(session, config, school, kind, blocked, sender, now, batch)
     return Evaluation(school=school, facts=facts, findings=findings, route=route, plan=the_plan,
                       ack=kind if block is None else None, ack_block=block, sender=sender, family=family,
-                      half_term_key=key, thread_id=thread_id, counted=counted)
+                      half_term_key=key, thread_id=thread_id, counted=counted, sender_class=sender_class)
 
 
 def _ack_block(session: Session, config: Config, school: SchoolConfig, kind: AckKind | None,

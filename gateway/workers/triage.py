@@ -192,8 +192,9 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
                   batch=batch)
     findings = ev.findings
     transition(session, row, State.TRIAGED, actor=rt.owner, now=now,
-               reason=f"route {ev.route.value}; " + (", ".join(r.rule for r in findings.reasons) or "no findings"),
-               route=ev.route.value, tone=findings.tone.value, flags=list(findings.flags),
+               reason=f"route {ev.route.value}; sender {ev.sender_class.value}; "
+               + (", ".join(r.rule for r in findings.reasons) or "no findings"),
+               route=ev.route.value, sender_class=ev.sender_class.value, tone=findings.tone.value, flags=list(findings.flags),
                reasons=[{"rule": r.rule, "flag": r.flag.value, "evidence": r.evidence} for r in findings.reasons],
                rules_digest=rt.rules.digest, family=ev.family.key, half_term=ev.half_term_key,
                counted=1 if ev.counted else 0, thread_id=ev.thread_id)
@@ -236,7 +237,7 @@ def _add_acknowledgement(session: Session, rt: Runtime, row: MessageRow, ev: Eva
         reopen, reply_by = None, at.astimezone(tz).date()
     body = render_acknowledgement(
         rt.templates_dir, template_for(ev.ack, closure), school_name=school.name,
-        parent_name=ev.facts.from_name or None, reply_by=reply_by, reopen_date=reopen,
+        parent_name=ev.facts.from_name or None, family_known=ev.family.known, reply_by=reply_by, reopen_date=reopen,
         break_name=break_name,
         office_phone=school.office_phone, now=now.astimezone(tz))
     data = compose_acknowledgement(
