@@ -3,16 +3,16 @@
 Triage records whether a message came from a colleague (internal), a family in the directory, or an
 unknown sender, so that a message passed through untouched can be explained from the database.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0003'
-down_revision = '0002'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
