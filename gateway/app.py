@@ -20,6 +20,9 @@ from gateway.ingest.smtp import start_server
 from gateway.jobs import Jobs
 from gateway.services import purge_expired
 from gateway.store.database import Database
+from gateway.store.db import safe_url
+from gateway.ops.health import Health
+from gateway.ops.http import OpsServer
 from gateway.store.queue import clear_leases
 from gateway.triage.rules import RuleSet, default_rules_dir, load_rules
 from gateway.workers.delivery import DeliveryWorker
@@ -47,9 +50,22 @@ def load_config(path: Path | str) -> tuple[Config, RuleSet]:
     return config_mod.load(path), RuleSet(digest="")
 
 
+class StartupError(Exception):
+    """The daemon or a command cannot start (database unreachable, port in use): one line for the operator."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's first line, for a start-up message (drivers add SQL and links on later lines)."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else exc.__class__.__name__)[:300]
+
+
 def build_runtime(config: Config, rules: RuleSet, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
-    config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(config.gateway.database, migrate=migrate)
+    try:
+        config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(config.gateway.database, migrate=migrate)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the gateway cannot start
+        raise StartupError(f"cannot open the database {safe_url(config.gateway.database)}: {one_line(exc)}") from exc
     identity = hashlib.sha256(f"{config.path}|{config.smtp.host}:{config.smtp.port}".encode()).hexdigest()[:12]
     return Runtime(db=db, clock=clock or SystemClock(), config=config, rules=rules,
                    templates_dir=rules_dir(config) / "templates", owner=make_owner(identity))
@@ -86,6 +102,7 @@ class Daemon:
 
     async def _triage_loop(self, worker: TriageWorker) -> None:
         while not self.stopping.is_set():
+            self.rt.metrics.tick("triage")
             try:
                 # Two batches in hand: the next one is judged while this one is written.
                 n = await worker.run_once(depth=2)
@@ -98,14 +115,31 @@ class Daemon:
 
     async def run(self) -> int:
         rt = self.rt
-        # Leases held by this gateway's previous incarnation (killed, or the machine rebooted) are ours
-        # to clear; with SQLite there is only one gateway, so every lease is.
-        owner = None if rt.db.single_writer else rt.owner
-        rt.db.transact(lambda s: clear_leases(s, owner))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+        # The listeners are bound before anything else changes: a second daemon started by mistake on
+        # the same ports stops here, before it could clear the running one's leases.
+        inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set)
+        inbox.start()
+        listen = (rt.config.smtp.host, rt.config.smtp.port)
+        try:
+            server = await start_server(lambda: rt.config, inbox, metrics=rt.metrics)
+        except OSError as exc:
+            await inbox.stop()
+            raise StartupError(f"cannot listen for SMTP on {listen[0]}:{listen[1]}: "
+                               f"{exc.strerror or one_line(exc)}") from None
+        try:
+            ops = await self._start_ops(server, listen)
+        except StartupError:
+            await inbox.stop()
+            raise
+        # Leases held by this gateway's previous incarnation (killed, or the machine rebooted) are ours
+        # to clear; with SQLite there is only one gateway, so every lease is.
+        owner = None if rt.db.single_writer else rt.owner
+        await rt.db.run(lambda s: clear_leases(s, owner))
 
         primary = delivery_transport(rt.config)
         imap = ImapMode(rt)
@@ -114,9 +148,6 @@ class Daemon:
         rt.wake_delivery = delivery.wake
         rt.hand_over = delivery.hand_over
         rt.wake_triage = self.triage_wakeup.set
-        inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set)
-        inbox.start()
-        server = await start_server(lambda: rt.config, inbox)
         self.judges = JudgePool(rules_dir(rt.config))
         triage = TriageWorker(rt, pool=self.judges, stopping=self.stopping.is_set)
         tasks = [asyncio.create_task(self._triage_loop(triage), name="triage"),
@@ -131,6 +162,8 @@ class Daemon:
         log.info("stopping: no new connections; finishing work in progress")
         server.close()
         await server.wait_closed()
+        if ops is not None:
+            await ops.close()
         jobs.shutdown()
         await imap.stop()
         await inbox.stop()
@@ -161,6 +194,21 @@ class Daemon:
         rt.db.close()
         log.info("stopped")
         return 0
+
+    async def _start_ops(self, server: asyncio.Server, listen: tuple[str, int]) -> OpsServer | None:
+        """/metrics and /healthz, when [metrics] asks for them; a port in use stops the start-up."""
+        rt = self.rt
+        if rt.config.metrics is None:
+            return None
+        health = Health(rt.db, rt.metrics, lambda: server, listen)
+        ops = OpsServer(rt.metrics, health, rt.db, rt.clock, tuple(m.name for m in rt.config.mailboxes))
+        host, port = rt.config.metrics.host, rt.config.metrics.port
+        try:
+            await ops.start(host, port)
+        except OSError as exc:
+            server.close()
+            raise StartupError(f"cannot serve metrics on {host}:{port}: {exc.strerror or one_line(exc)}") from None
+        return ops
 
     async def _release(self) -> int:
         n = await self.rt.db.run(lambda s: release_due(s, self.rt))

@@ -47,6 +47,14 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where `/metrics` (Prometheus) and `/healthz` are served; the [metrics] table is optional."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     mode: str
     maildir_root: Path
@@ -147,6 +155,7 @@ class Config:
     schools: tuple[SchoolConfig, ...]
     mailboxes: tuple[MailboxConfig, ...]
     submission: SubmissionConfig | None
+    metrics: MetricsConfig | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -275,9 +284,17 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     imap.finish()
     submission = _submission(root.table("submission"), base) if "submission" in data else None
     root.seen.add("submission")
+    metrics = _metrics(root.table("metrics")) if "metrics" in data else None
+    root.seen.add("metrics")
     root.finish()
     return Config(path=path, gateway=gateway, smtp=smtp, delivery=delivery, acknowledge=acknowledge,
-                  limits=limits, schools=schools, mailboxes=mailboxes, submission=submission)
+                  limits=limits, schools=schools, mailboxes=mailboxes, submission=submission, metrics=metrics)
+
+
+def _metrics(t: Table) -> MetricsConfig:
+    host, port = t.convert("listen", t.get("listen", str, "127.0.0.1:9125"), split_hostport)
+    t.finish()
+    return MetricsConfig(host=host, port=port)
 
 
 def _check_unique(path: Path, key: str, values: list[str], what: str) -> None:

@@ -59,6 +59,7 @@ class Jobs:
         self.arm_opening()
 
     async def _sweep(self) -> None:
+        self.rt.metrics.tick("jobs")
         try:
             n = await self._release()
         except Exception:  # noqa: BLE001 - a failed sweep is retried by the next one

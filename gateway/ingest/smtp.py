@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -124,15 +124,40 @@ class GatewaySMTP(SMTP):
         return _dispatch_names(self, ("smtp_", "auth_"))
 
 
-async def start_server(config: Callable[[], Config], inbox: Inbox) -> asyncio.Server:
+class SessionCounter(Protocol):
+    def session_opened(self) -> None: ...
+    def session_closed(self) -> None: ...
+
+
+class CountedSMTP(GatewaySMTP):
+    """A session that reports its opening and closing (the open-sessions gauge)."""
+
+    def __init__(self, sessions: SessionCounter, handler: GatewayHandler, **kwargs: Any) -> None:
+        self.sessions = sessions
+        super().__init__(handler, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sessions.session_opened()
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sessions.session_closed()
+        super().connection_lost(exc)
+
+
+async def start_server(config: Callable[[], Config], inbox: Inbox,
+                       metrics: SessionCounter | None = None) -> asyncio.Server:
     """The listener, on the daemon's own event loop (no Controller thread)."""
     cfg = config()
     handler = GatewayHandler(config, inbox)
     loop = asyncio.get_running_loop()
 
     def factory() -> SMTP:
-        return GatewaySMTP(handler, hostname=cfg.smtp.hostname, ident="parentgate ESMTP",
-                    data_size_limit=cfg.smtp.max_message_size, decode_data=False, enable_SMTPUTF8=True,
-                    loop=loop)
+        options: dict[str, Any] = dict(hostname=cfg.smtp.hostname, ident="parentgate ESMTP",
+                                       data_size_limit=cfg.smtp.max_message_size, decode_data=False,
+                                       enable_SMTPUTF8=True, loop=loop)
+        if metrics is None:
+            return GatewaySMTP(handler, **options)
+        return CountedSMTP(metrics, handler, **options)
 
     return await loop.create_server(factory, host=cfg.smtp.host, port=cfg.smtp.port, reuse_address=True)

@@ -19,10 +19,10 @@ from concurrent.futures import Future
 from queue import PriorityQueue
 from typing import Callable, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.store.db import is_sqlite, make_engine, upgrade
+from gateway.store.db import check_sqlite_file, is_sqlite, make_engine, upgrade
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -114,6 +114,16 @@ class Database:
     async def call(self, fn: Callable[[], T], *, priority: int = NORMAL) -> T:
         """Any blocking callable on a database thread (it opens its own transactions, if any)."""
         return await asyncio.wrap_future(self._pool.submit(fn, priority))
+
+    def ping(self) -> None:
+        """Raise unless the database answers: a round trip to PostgreSQL, or a read of the SQLite file
+        where it was opened (an open connection would go on using a file that was removed or renamed)."""
+        path = self.engine.url.database
+        if self.single_writer and path and path != ":memory:":
+            check_sqlite_file(path)
+            return
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

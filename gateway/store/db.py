@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 from alembic import command
@@ -41,6 +45,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def check_sqlite_file(path: str) -> None:
+    """Raise unless the SQLite file at `path` is there, writable, and readable as a database.
+
+    A fresh read-only connection reads the header; in WAL mode it never waits for a writer."""
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise OSError(f"{path} is missing or not readable and writable")
+    with closing(sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=1)) as connection:
+        connection.execute("PRAGMA schema_version").fetchone()
+
+
+def safe_url(url: str) -> str:
+    """The database URL with any password hidden, for messages to the operator."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as its scheme only
+        return url.partition(":")[0] + ":..."
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -136,6 +136,7 @@ class DeliveryWorker:
                 in_flight[asyncio.create_task(self._attempt(job))] = job
 
         while not (self._stopping and not in_flight):
+            self.rt.metrics.tick("delivery")
             limit = self.rt.config.delivery.concurrency
             if not self._stopping:
                 start(await self.fill(limit - len(in_flight)))
@@ -197,15 +198,18 @@ class DeliveryWorker:
                 touched[message.id] = message
             if outcome.ok:
                 self._sent(session, row, message, outcome, now)
+                self.rt.metrics.delivery(row.kind, "sent")
                 continue
             row.last_error = outcome.detail[:500]
             retry = next_attempt(row.first_attempt_at, row.attempts, now, self.policy()) if outcome.temporary else None
             if retry is not None:
                 row.state, row.not_before = OutboxState.DEFERRED.value, retry
+                self.rt.metrics.delivery(row.kind, "deferred")
                 log.info("outbox %s (message %s, %s) deferred until %s: %s", row.id, row.message, row.kind,
                          retry.isoformat(), outcome.detail[:120])
                 continue
             row.state, row.finished_at = OutboxState.FAILED.value, now
+            self.rt.metrics.delivery(row.kind, "failed")
             log.warning("outbox %s (message %s, %s) failed after %d attempt(s): %s", row.id, row.message,
                         row.kind, row.attempts, outcome.detail[:120])
             # A DSN that fails is not reported again: the postmaster heard of the original failure
@@ -226,6 +230,7 @@ class DeliveryWorker:
             # to delivery"), so a failed reply does not silence the next one.
             memory.record_acknowledgement(session, school=message.school, sender=row.ack_sender,
                                           kind=row.ack_kind, now=now, message=message.id)
+            self.rt.metrics.acknowledgement_sent()
         if row.kind == "imap_move" and message is not None and row.params:
             message.folder = str(row.params.get("to"))
         if outcome.refused and row.kind != "notice":

@@ -14,6 +14,7 @@ from typing import Callable
 
 from gateway.clock import Clock
 from gateway.config import Config
+from gateway.ops.metrics import Metrics
 from gateway.store.database import Database
 from gateway.workers.dispatch import Job
 from gateway.triage.rules import RuleSet
@@ -36,6 +37,8 @@ class Runtime:
     rules: RuleSet
     templates_dir: Path
     owner: str = field(default_factory=make_owner)
+    # This gateway's counters and gauges: workers report into it, /metrics reads it.
+    metrics: Metrics = field(default_factory=Metrics)
     wake_delivery: Callable[[], None] = lambda: None
     wake_triage: Callable[[], None] = lambda: None
     # Set when a delivery worker runs in this process: triage leases the rows it writes and hands

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from datetime import datetime, timedelta
@@ -70,6 +71,7 @@ class TriageWorker:
         if not self._ahead:
             return 0
         rows, pending = self._ahead[0]
+        started = time.monotonic()
         try:
             judged = await pending
         except asyncio.CancelledError:
@@ -85,6 +87,7 @@ class TriageWorker:
         ids = [r.id for r in rows]
         claimed, handed = await rt.db.run(lambda s: self._apply_and_claim(s, ids, judged))
         self._next = claimed
+        rt.metrics.triage_batch(time.monotonic() - started, len(rows))
         if rt.hand_over is not None:
             rt.hand_over(handed)
         else:
@@ -148,18 +151,21 @@ class TriageWorker:
         # The whole batch in one savepoint, flushed once. Should one message fail, the savepoint is
         # rolled back and the batch applied again one savepoint per message, so that one bad message
         # cannot stop the others (their transitions are then logged a second time).
+        evs: list[Evaluation] = []
         try:
             with session.begin_nested(), session.no_autoflush:
                 batch = Batch.of(before)
                 for row, result in todo:
                     ev, added = apply_triage(session, self.rt, row, result, now, batch, lease=lease)
                     written += added
+                    evs.append(ev)
                     batch.note(before[row.id], standing(row), _ack_key(ev))
+            self._count_suppressed(evs)
             return rows, written
         except Exception:  # noqa: BLE001 - retried message by message below, where it is logged
             log.warning("triage batch of %d rolled back; applying message by message", len(todo))
         batch = Batch.of(before)
-        written = []
+        written, evs = [], []
         for row, result in todo:
             try:
                 with session.begin_nested(), session.no_autoflush:
@@ -169,8 +175,15 @@ class TriageWorker:
                 batch.forget_reads()
                 continue
             written += added
+            evs.append(ev)
             batch.note(before[row.id], standing(row), _ack_key(ev))
+        self._count_suppressed(evs)
         return rows, written
+
+    def _count_suppressed(self, evs: list[Evaluation]) -> None:
+        for ev in evs:
+            if ev.ack_block is not None:
+                self.rt.metrics.acknowledgement_suppressed(ev.ack_block)
 
 
 def _ack_key(ev: Evaluation) -> tuple[str, str] | None:
