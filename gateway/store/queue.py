@@ -16,6 +16,7 @@ from sqlalchemy import event, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.domain.states import OutboxState, State, allowed
+from gateway.ops.logs import kv
 from gateway.store.models import EventRow, MessageRow, OutboxRow
 
 log = logging.getLogger("parentgate.queue")
@@ -41,9 +42,10 @@ def transition(session: Session, row: MessageRow, to: State, *, actor: str, now:
         row.claims = 0
     _add_event(session, message=row.id, from_state=src.value, to_state=to.value, at=now, actor=actor,
                reason=reason[:2000])
-    # One log line per transition, starting with the message id; never the content.
-    log.info("message %s %s -> %s by %s%s", row.id, src.value, to.value, actor,
-             f" ({reason[:200]})" if reason else "")
+    # One log line per transition, starting with the message id, then key=value fields; never the content.
+    rules = ",".join(r.get("rule", "") for r in changes["reasons"]) if changes.get("reasons") else None
+    log.info("message %s %s -> %s %s", row.id, src.value, to.value,
+             kv(id=row.id, state=to.value, route=row.route, rules=rules, actor=actor, reason=reason[:200]))
 
 
 def add_received(session: Session, messages: list[dict[str, Any]], *, actor: str) -> list[int]:
@@ -58,8 +60,8 @@ def add_received(session: Session, messages: list[dict[str, Any]], *, actor: str
     for message_id, values in zip(ids, messages):
         _add_event(session, message=message_id, from_state=None, to_state=State.RECEIVED.value,
                    at=values["received_at"], actor=actor, reason=f"{values['size']} bytes from {values['source']}")
-        log.info("message %s received via %s (%d bytes, message-id %s)", message_id, values["source"],
-                 values["size"], values["message_id"] or "-")
+        log.info("message %s received via %s %s", message_id, values["source"],
+                 kv(id=message_id, state=State.RECEIVED.value, bytes=values["size"], message_id=values["message_id"]))
     return ids
 
 
