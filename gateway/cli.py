@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
-import logging
 import os
 import sys
 from datetime import date, datetime, timezone
@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from gateway.config import Config, ConfigError
+from gateway.domain.states import OutboxState, State
+from gateway.ops.logs import configure as configure_logging, escape
 from gateway.triage.rules import RuleError
 
+# Usage errors and start-up failures (configuration invalid, port in use, database unreachable).
 EXIT_USAGE = 2
-log = logging.getLogger("parentgate")
 
 
 class UsageError(Exception):
@@ -38,61 +40,83 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"parentgate {_version()}")
     p.add_argument("--config", default=os.environ.get("PARENTGATE_CONFIG", "/etc/parentgate/config.toml"),
                    help="the TOML configuration file (default: $PARENTGATE_CONFIG or /etc/parentgate/config.toml)")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the daemon")
-    sub.add_parser("check-config", help="validate the configuration and rules")
-    cal = sub.add_parser("calendar", help="show open and closed days")
-    cal.add_argument("--school")
-    cal.add_argument("--from", dest="start", type=date.fromisoformat)
-    cal.add_argument("--days", type=int, default=21)
-    sub.add_parser("held", help="list held mail with release times")
-    rel = sub.add_parser("release", help="release held mail now")
-    rel.add_argument("ids", nargs="*", type=int)
-    rel.add_argument("--all", action="store_true")
-    q = sub.add_parser("queue", help="list messages")
-    q.add_argument("--state")
-    q.add_argument("--limit", type=int, default=200)
-    rq = sub.add_parser("requeue", help="retry a failed or quarantined message")
-    rq.add_argument("id", type=int)
-    show = sub.add_parser("show", help="a message's findings and event trail")
-    show.add_argument("id", type=int)
-    db = sub.add_parser("db", help="database maintenance")
-    db.add_argument("action", choices=["upgrade"])
-    tr = sub.add_parser("triage", help="dry run: how would these messages be handled?")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Commands that change a message record who did it: --actor, else the person behind sudo, else the
+    # login name (never the host name: the event trail must name a person).
+    person = argparse.ArgumentParser(add_help=False)
+    person.add_argument("--actor", metavar="NAME",
+                        help="who is doing this, for the event trail (default: $SUDO_USER, else your login name)")
+
+    def command(parent: Any, name: str, text: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = parent.add_parser(name, help=text, description=text, parents=list(parents))
+        return parser
+
+    command(sub, "run", "run the daemon: SMTP listener, triage, release and delivery, until SIGTERM")
+    command(sub, "check-config", "validate the configuration file and the rules, then exit")
+    cal = command(sub, "calendar", "show which days each school is open or closed, and why")
+    cal.add_argument("--school", help="one school's id (default: every school)")
+    cal.add_argument("--from", dest="start", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                     help="first day shown (default: today)")
+    cal.add_argument("--days", type=int, default=21, help="how many days to show (default: 21)")
+    command(sub, "held", "list held mail with the time each message will be released")
+    rel = command(sub, "release", "release held mail now, before the school opens", person)
+    rel.add_argument("ids", nargs="*", type=int, metavar="ID", help="message ids to release")
+    rel.add_argument("--all", action="store_true", help="release every held message")
+    q = command(sub, "queue", "list messages with their outbox rows: attempts, last server reply, next try")
+    q.add_argument("--state", choices=[state.value for state in State], metavar="STATE",
+                   help="only messages in this state: " + ", ".join(state.value for state in State))
+    q.add_argument("--limit", type=int, default=200, help="at most this many messages (default: 200)")
+    rq = command(sub, "requeue", "try a failed message's deliveries again, or re-triage a quarantined one", person)
+    rq.add_argument("id", type=int, help="the message id")
+    show = command(sub, "show", "one message: findings, outbox rows (attempts, last reply, next try) and events")
+    show.add_argument("id", type=int, help="the message id")
+    db = command(sub, "db", "database maintenance")
+    db.add_argument("action", choices=["upgrade"], help="upgrade: apply any pending schema migrations")
+    tr = command(sub, "triage", "dry run: how would these messages be handled? (nothing is stored or sent)")
     tr.add_argument("--at", help="ISO-8601 time of receipt (default: each message's Date header)")
-    tr.add_argument("--json", action="store_true")
-    tr.add_argument("files", nargs="+")
-    fam = sub.add_parser("families", help="the family directory")
-    famsub = fam.add_subparsers(dest="action", required=True)
-    imp = famsub.add_parser("import")
-    imp.add_argument("file")
-    fshow = famsub.add_parser("show")
-    fshow.add_argument("key")
-    rev = sub.add_parser("review", help="the Head of School's review queue")
-    revsub = rev.add_subparsers(dest="action", required=True)
-    revsub.add_parser("list")
-    rr = revsub.add_parser("release")
-    rr.add_argument("id", type=int)
-    rr.add_argument("--note", default="")
-    rd = revsub.add_parser("dismiss")
-    rd.add_argument("id", type=int)
-    rd.add_argument("--note", required=True)
-    imap = sub.add_parser("imap", help="IMAP mailboxes")
-    imapsub = imap.add_subparsers(dest="action", required=True)
-    it = imapsub.add_parser("test")
-    it.add_argument("mailbox")
-    imapsub.add_parser("status")
-    ib = imapsub.add_parser("backfill")
-    ib.add_argument("mailbox")
-    ib.add_argument("--since", type=date.fromisoformat, required=True)
+    tr.add_argument("--json", action="store_true", help="one JSON object per file and line")
+    tr.add_argument("files", nargs="+", metavar="FILE.eml", help="messages to triage")
+    fam = command(sub, "families", "the family directory (parents' addresses, imported from the school's CSV)")
+    famsub = fam.add_subparsers(dest="action", required=True, metavar="ACTION")
+    imp = command(famsub, "import", "replace each school's directory with the rows of a CSV file")
+    imp.add_argument("file", help="the CSV file")
+    fshow = command(famsub, "show", "the family of an address, or the addresses of a family id")
+    fshow.add_argument("key", help="an email address or a family id")
+    rev = command(sub, "review", "the Head of School's review queue")
+    revsub = rev.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command(revsub, "list", "messages waiting for the Head of School, with the reasons")
+    rr = command(revsub, "release", "let a reviewed message through to its recipients", person)
+    rr.add_argument("id", type=int, help="the message id")
+    rr.add_argument("--note", default="", help="a note for the event trail")
+    rd = command(revsub, "dismiss", "keep a reviewed message back (not delivered); a note is required", person)
+    rd.add_argument("id", type=int, help="the message id")
+    rd.add_argument("--note", required=True, help="why it is kept back")
+    imap = command(sub, "imap", "IMAP mailboxes (hosted mail)")
+    imapsub = imap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    it = command(imapsub, "test", "connect to one mailbox and report what the server offers")
+    it.add_argument("mailbox", help="the mailbox's name or username")
+    command(imapsub, "status", "each mailbox's last status and checkpoint")
+    ib = command(imapsub, "backfill", "offer a mailbox's mail since a date to triage")
+    ib.add_argument("mailbox", help="the mailbox's name or username")
+    ib.add_argument("--since", type=date.fromisoformat, required=True, metavar="YYYY-MM-DD",
+                    help="first day of mail to offer")
     return p
 
 
 _JUDGING = frozenset({"run", "check-config", "triage"})
 
 
-def _actor() -> str:
-    return os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+def _actor(args: argparse.Namespace) -> str:
+    """The person doing an action: --actor, else who ran sudo, else the login name."""
+    name = getattr(args, "actor", None) or os.environ.get("SUDO_USER") or _login_name()
+    return escape(name)[:64]
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no name in the environment or the password database
+        return f"uid {os.getuid()}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,13 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # administrator runs by hand (held, release, queue, review, ...), start without them.
         config, rules = load_all(args.config) if args.command in _JUDGING else load_config(args.config)
     except (ConfigError, RuleError) as exc:
-        print(f"parentgate: configuration error: {exc}", file=sys.stderr)
+        print(f"parentgate: configuration error: {escape(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=config.gateway.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiosmtpd logs a dozen INFO lines per SMTP session, peer addresses included: a tenth of the event
-    # loop's time under load, and personal data we do not need. Its warnings and errors still show.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    configure_logging(config.gateway.log_level)
     if args.command == "check-config":
         from gateway.preflight import report
         fine, problems = report(config)
@@ -122,17 +142,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "calendar":
         return _calendar(config, args)
+    from gateway.app import StartupError
+    from gateway.services import ServiceError
     try:
         return _COMMANDS[args.command](config, rules, args)
     except UsageError as exc:
-        print(f"parentgate: {exc}", file=sys.stderr)
+        print(f"parentgate: {escape(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as exc:  # noqa: BLE001 - the operator gets a line, not a traceback
-        from gateway.services import ServiceError
-        if isinstance(exc, ServiceError):
-            print(f"parentgate: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except StartupError as exc:
+        # Port in use, database unreachable: one line that says what to fix, not a traceback.
+        print(f"parentgate: {escape(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServiceError as exc:
+        print(f"parentgate: {escape(str(exc))}", file=sys.stderr)
+        return 1
 
 
 def _runtime(config: Config, rules: Any) -> Any:
@@ -179,42 +202,62 @@ def _release(config: Config, rules: Any, args: argparse.Namespace) -> int:
     from gateway.services import release
     if not args.all and not args.ids:
         raise UsageError("give message ids or --all")
-    done = release(_runtime(config, rules), None if args.all else list(args.ids))
+    done = release(_runtime(config, rules), None if args.all else list(args.ids), _actor(args))
     print(f"released {len(done)} message(s)" + (f": {', '.join(map(str, done))}" if done else ""))
     return 0
 
 
+def _outbox_lines(rows: list[Any], config: Config) -> list[str]:
+    """One line per outbox row: what it is, how it stands, how often it was tried, the server's last
+    reply, and when it is tried next (for rows still waiting)."""
+    lines = []
+    for o in rows:
+        waiting = o.state in (OutboxState.PENDING.value, OutboxState.DEFERRED.value)
+        when = f"next {_fmt(o.not_before, config)}" if waiting else f"done {_fmt(o.finished_at, config)}"
+        reply = f"  last reply: {escape(o.last_error)}" if o.last_error else ""
+        lines.append(f"          outbox {o.id}: {o.kind:<8} {o.state:<8} attempts {o.attempts}  {when}  "
+                     f"to {escape(', '.join(o.rcpts))}{reply}")
+    return lines
+
+
 def _queue(config: Config, rules: Any, args: argparse.Namespace) -> int:
-    from gateway.services import list_messages, state_counts
+    from gateway.services import list_messages, outbox_of, state_counts
     rt = _runtime(config, rules)
     if not args.state:
         counts = state_counts(rt)
         print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "the queue is empty")
-    for r in list_messages(rt, args.state, args.limit):
+    rows = list_messages(rt, args.state, args.limit)
+    outbox = outbox_of(rt, [r.id for r in rows])
+    for r in rows:
         print(f"{r.id:>8}  {r.state:<11} {r.route or '-':<14} {_fmt(r.received_at, config)}  "
-              f"{r.mail_from or '<>'} -> {', '.join(r.rcpts)}  {','.join(r.flags)}")
+              f"{escape(r.mail_from or '<>')} -> {escape(', '.join(r.rcpts))}  {','.join(r.flags)}")
+        for line in _outbox_lines(outbox.get(r.id, []), config):
+            print(line)
     return 0
 
 
 def _requeue(config: Config, rules: Any, args: argparse.Namespace) -> int:
     from gateway.services import requeue
-    n = requeue(_runtime(config, rules), args.id, _actor())
+    n = requeue(_runtime(config, rules), args.id, _actor(args))
     print(f"message {args.id} requeued ({n} row(s))")
     return 0
 
 
 def _show(config: Config, rules: Any, args: argparse.Namespace) -> int:
-    from gateway.services import events, list_messages
+    from gateway.services import events, get_message, outbox_of
     rt = _runtime(config, rules)
-    found = [r for r in list_messages(rt, None, 10**9) if r.id == args.id]
-    if not found:
+    r = get_message(rt, args.id)
+    if r is None:
         raise UsageError(f"no message {args.id}")
-    r = found[0]
-    print(f"message {r.id} ({r.school}): {r.state}, route {r.route}, family {r.family}")
+    print(f"message {r.id} ({r.school}): {r.state}, route {r.route}, family {escape(r.family or '-')}")
+    print(f"  from {escape(r.mail_from or '<>')} to {escape(', '.join(r.rcpts))}, received {_fmt(r.received_at, config)}"
+          + (f", release {_fmt(r.release_at, config)}" if r.release_at else ""))
     for rule, evidence in r.reasons:
-        print(f"  reason {rule}: {evidence}")
+        print(f"  reason {rule}: {escape(evidence)}")
+    for line in _outbox_lines(outbox_of(rt, [r.id]).get(r.id, []), config):
+        print(line[6:])
     for at, src, dst, actor, reason in events(rt, args.id):
-        print(f"  {_fmt(at, config)}  {src or '-'} -> {dst}  by {actor}  {reason}")
+        print(f"  {_fmt(at, config)}  {src or '-'} -> {dst}  by {escape(actor)}  {escape(reason)}")
     return 0
 
 
@@ -280,9 +323,9 @@ def _review(config: Config, rules: Any, args: argparse.Namespace) -> int:
                 print(f"          {rule}: {evidence}")
         return 0
     if args.action == "release":
-        print(f"message {args.id}: {review_release(rt, args.id, _actor(), args.note)}")
+        print(f"message {args.id}: {review_release(rt, args.id, _actor(args), args.note)}")
         return 0
-    review_dismiss(rt, args.id, _actor(), args.note)
+    review_dismiss(rt, args.id, _actor(args), args.note)
     print(f"message {args.id}: dismissed")
     return 0
 

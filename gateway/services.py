@@ -61,12 +61,52 @@ def list_messages(rt: Runtime, state: str | None = None, limit: int = 500) -> li
     return rt.db.transact(run)
 
 
+def get_message(rt: Runtime, message_id: int) -> MessageSummary | None:
+    return rt.db.transact(lambda s: (lambda row: _summary(row) if row is not None else None)(
+        s.get(MessageRow, message_id)))
+
+
+@dataclass(frozen=True)
+class OutboxSummary:
+    """One outbound action of a message as the operator sees it: tries so far, the server's last reply,
+    and when the next try is due."""
+
+    id: int
+    message: int
+    kind: str
+    state: str
+    rcpts: tuple[str, ...]
+    attempts: int
+    last_error: str | None
+    not_before: datetime | None
+    finished_at: datetime | None
+
+
+def outbox_of(rt: Runtime, message_ids: list[int]) -> dict[int, list[OutboxSummary]]:
+    """The outbox rows of these messages, by message id, oldest first (one query, payloads left out)."""
+    if not message_ids:
+        return {}
+
+    def run(session: Session) -> dict[int, list[OutboxSummary]]:
+        found: dict[int, list[OutboxSummary]] = {}
+        query = select(OutboxRow.id, OutboxRow.message, OutboxRow.kind, OutboxRow.state, OutboxRow.rcpts,
+                       OutboxRow.attempts, OutboxRow.last_error, OutboxRow.not_before, OutboxRow.finished_at).where(
+            OutboxRow.message.in_(message_ids)).order_by(OutboxRow.id)
+        for r in session.execute(query):
+            found.setdefault(r.message, []).append(OutboxSummary(
+                id=r.id, message=r.message, kind=r.kind, state=r.state, rcpts=tuple(r.rcpts or ()),
+                attempts=r.attempts or 0, last_error=r.last_error, not_before=r.not_before,
+                finished_at=r.finished_at))
+        return found
+    return rt.db.transact(run)
+
+
 def state_counts(rt: Runtime) -> dict[str, int]:
     return rt.db.transact(lambda s: {k: int(v) for k, v in s.execute(
         select(MessageRow.state, func.count()).group_by(MessageRow.state))})
 
 
-def release(rt: Runtime, ids: list[int] | None) -> list[int]:
+def release(rt: Runtime, ids: list[int] | None, actor: str | None = None) -> list[int]:
     def run(session: Session) -> list[int]:
         if ids is not None:
             for message_id in ids:
@@ -75,7 +115,7 @@ def release(rt: Runtime, ids: list[int] | None) -> list[int]:
                     raise ServiceError(f"no message {message_id}")
                 if row.state != State.HELD.value:
                     raise ServiceError(f"message {message_id} is {row.state}, not held")
-        return release_now(session, rt, ids)
+        return release_now(session, rt, ids, actor=actor)
     return rt.db.transact(run)
 
 

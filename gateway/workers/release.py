@@ -16,8 +16,9 @@ from gateway.workers.runtime import Runtime
 LEASE = timedelta(minutes=2)
 
 
-def release(session: Session, rt: Runtime, row: MessageRow, now: datetime, reason: str) -> None:
-    transition(session, row, State.QUEUED, actor=rt.owner, now=now, reason=reason, release_at=None)
+def release(session: Session, rt: Runtime, row: MessageRow, now: datetime, reason: str,
+            actor: str | None = None) -> None:
+    transition(session, row, State.QUEUED, actor=actor or rt.owner, now=now, reason=reason, release_at=None)
     session_add_staff_rows(session, row, rt.config, now)
     complete_if_done(session, row, now, rt.owner)
 
@@ -31,7 +32,7 @@ def release_due(session: Session, rt: Runtime, *, limit: int = 500) -> int:
     return len(rows)
 
 
-def release_now(session: Session, rt: Runtime, ids: list[int] | None) -> list[int]:
+def release_now(session: Session, rt: Runtime, ids: list[int] | None, *, actor: str | None = None) -> list[int]:
     """Early release by an operator: the given ids, or every held message (ids None)."""
     now = rt.clock.now()
     query = select(MessageRow).where(MessageRow.state == State.HELD.value).order_by(MessageRow.id)
@@ -39,6 +40,6 @@ def release_now(session: Session, rt: Runtime, ids: list[int] | None) -> list[in
         query = query.where(MessageRow.id.in_(ids))
     done = []
     for row in session.scalars(query):
-        release(session, rt, row, now, "released early by an operator")
+        release(session, rt, row, now, f"released early by {actor or 'an operator'}", actor=actor)
         done.append(row.id)
     return done
