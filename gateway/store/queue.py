@@ -45,7 +45,7 @@ def transition(session: Session, row: MessageRow, to: State, *, actor: str, now:
     # One log line per transition, starting with the message id, then key=value fields; never the content.
     rules = ",".join(r.get("rule", "") for r in changes["reasons"]) if changes.get("reasons") else None
     log.info("message %s %s -> %s %s", row.id, src.value, to.value,
-             kv(id=row.id, state=to.value, route=row.route, rules=rules, actor=actor, reason=reason[:200]))
+             kv(id=row.id, state=to.value, route=row.route, rules=rules, actor=actor, reason=reason[:200] or None))
 
 
 def add_received(session: Session, messages: list[dict[str, Any]], *, actor: str) -> list[int]:
