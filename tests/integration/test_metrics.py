@@ -82,13 +82,19 @@ def test_metrics_expose_queue_deliveries_triage_acknowledgements_imap_and_sessio
         send(port, wire(message(headers={"Auto-Submitted": "auto-generated"})), mail_from="robot@example.com")
         # A long message waits for the Head of School.
         send(port, wire(message(body="Word " * 500 + "\n")))
-        assert poll(lambda: len(sink.to(STAFF)) == 2)
-        # The next hop starts deferring: one delivery waits for a retry.
-        sink.defer = True
-        send(port, wire(message(subject="Trip money")))
 
         def scraped() -> str:
             return get(mport, "/metrics")[1]
+
+        def settled() -> bool:
+            text = scraped()
+            return (sample(text, "parentgate_messages", state="delivered") == 2
+                    and sample(text, "parentgate_messages", state="in_review") == 1
+                    and (sample(text, "parentgate_acknowledgements_sent_total") or 0) >= 1)
+        assert poll(settled)
+        # The next hop starts deferring: one delivery waits for a retry.
+        sink.defer = True
+        send(port, wire(message(subject="Trip money")))
 
         assert poll(lambda: (sample(scraped(), "parentgate_deliveries_total", outcome="deferred", kind="deliver")
                              or 0) >= 1)
