@@ -63,6 +63,10 @@ def one_line(exc: BaseException) -> str:
 def build_runtime(config: Config, rules: RuleSet, *, clock: Clock | None = None, migrate: bool = True) -> Runtime:
     try:
         config.gateway.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the state directory {config.gateway.state_dir}: "
+                           f"{exc.strerror or one_line(exc)}") from exc
+    try:
         db = Database(config.gateway.database, migrate=migrate)
     except Exception as exc:  # noqa: BLE001 - any failure here means the gateway cannot start
         raise StartupError(f"cannot open the database {safe_url(config.gateway.database)}: {one_line(exc)}") from exc

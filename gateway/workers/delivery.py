@@ -22,6 +22,7 @@ from gateway.act.transport import Outcome, Transport
 from gateway.decide.acknowledge import make_message_id
 from gateway.decide.retry import RetryPolicy, next_attempt
 from gateway.domain.states import OutboxState, State
+from gateway.ops.logs import kv
 from gateway.store import memory
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import claim_outbox, release_outbox, transition
@@ -205,13 +206,14 @@ class DeliveryWorker:
             if retry is not None:
                 row.state, row.not_before = OutboxState.DEFERRED.value, retry
                 self.rt.metrics.delivery(row.kind, "deferred")
-                log.info("outbox %s (message %s, %s) deferred until %s: %s", row.id, row.message, row.kind,
-                         retry.isoformat(), outcome.detail[:120])
+                log.info("outbox %s deferred until %s %s", row.id, retry.isoformat(),
+                         kv(id=row.message, kind=row.kind, state="deferred", attempts=row.attempts,
+                            reply=outcome.detail[:200]))
                 continue
             row.state, row.finished_at = OutboxState.FAILED.value, now
             self.rt.metrics.delivery(row.kind, "failed")
-            log.warning("outbox %s (message %s, %s) failed after %d attempt(s): %s", row.id, row.message,
-                        row.kind, row.attempts, outcome.detail[:120])
+            log.warning("outbox %s failed %s", row.id, kv(id=row.message, kind=row.kind, state="failed",
+                                                           attempts=row.attempts, reply=outcome.detail[:200]))
             # A DSN that fails is not reported again: the postmaster heard of the original failure
             # (Postfix too drops double bounces unless notify_classes asks for them).
             if row.kind not in ("notice", "dsn"):

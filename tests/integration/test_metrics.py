@@ -180,10 +180,15 @@ def test_a_second_daemon_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_pa
         stop(proc)
 
 
-def test_an_unreachable_database_or_an_invalid_config_is_one_line_and_exit_2(tmp_path: Path):
+def test_an_unreachable_database_an_uncreatable_state_dir_or_an_invalid_config_is_one_line_and_exit_2(tmp_path: Path):
     dead = f"postgresql+psycopg://parentgate:secret@127.0.0.1:{free_port()}/parentgate"
     out = one_clear_line(run_cli(write_config(tmp_path / "pg", database=dead), "run"))
     assert "cannot open the database" in out and "secret" not in out
+    # A state directory that cannot be created (a file stands where its parent should be).
+    blocked = write_config(tmp_path / "blocked")
+    blocked.write_text(blocked.read_text().replace('state_dir = "var"', 'state_dir = "config.toml/var"'))
+    out = one_clear_line(run_cli(blocked, "run"))
+    assert "cannot create the state directory" in out
     bad = write_config(tmp_path / "bad")
     bad.write_text(bad.read_text() + '\n[metrics]\nlisten = "127.0.0.1:http"\n')
     out = one_clear_line(run_cli(bad, "run"))
