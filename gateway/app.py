@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway import config as config_mod
 from gateway.act.maildir import MaildirTransport
+from gateway.act.probe import RecipientVerifier
 from gateway.act.relay import RelayTarget, SmtpRelay
 from gateway.act.transport import Transport
 from gateway.clock import Clock, SystemClock
@@ -130,7 +131,8 @@ class Daemon:
         inbox.start()
         listen = (rt.config.smtp.host, rt.config.smtp.port)
         try:
-            server = await start_server(lambda: rt.config, inbox, metrics=rt.metrics)
+            server = await start_server(lambda: rt.config, inbox, metrics=rt.metrics,
+                                        verifier=RecipientVerifier(lambda: rt.config, rt.clock))
         except OSError as exc:
             await inbox.stop()
             raise StartupError(f"cannot listen for SMTP on {listen[0]}:{listen[1]}: "

@@ -44,6 +44,8 @@ class SmtpConfig:
     port: int
     hostname: str
     max_message_size: int
+    # "downstream": each RCPT is checked with a cached probe of the smarthost (gateway.act.probe).
+    verify_recipients: str = "off"
 
 
 @dataclass(frozen=True)
@@ -239,13 +241,19 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     st = root.table("smtp")
     host, port = st.convert("listen", st.get("listen", str, "127.0.0.1:2525"), split_hostport)
     smtp = SmtpConfig(host=host, port=port, hostname=st.get("hostname", str, "parentgate.localdomain"),
-                      max_message_size=read_positive(st, "max_message_size", 26214400))
+                      max_message_size=read_positive(st, "max_message_size", 26214400),
+                      verify_recipients=st.get("verify_recipients", str, "off"))
+    if smtp.verify_recipients not in ("off", "downstream"):
+        raise st.error("verify_recipients", f"must be \"off\" or \"downstream\", got {smtp.verify_recipients!r}")
     st.finish()
 
     dl = root.table("delivery")
     mode = dl.get("mode", str, "maildir")
     if mode not in ("maildir", "smtp"):
         raise dl.error("mode", f"must be \"maildir\" or \"smtp\", got {mode!r}")
+    if smtp.verify_recipients == "downstream" and mode != "smtp":
+        # The probe asks the smarthost; in maildir mode there is no server to ask.
+        raise st.error("verify_recipients", '"downstream" needs [delivery] mode = "smtp"')
     sh_host, sh_port = dl.convert("smarthost", dl.get("smarthost", str, "127.0.0.1:10026"), split_hostport)
     maildir_raw = dl.optional("maildir_root", str)
     delivery = DeliveryConfig(

@@ -22,6 +22,7 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.controller import Controller
 
+from gateway.act.probe import RecipientVerifier
 from gateway.app import build_runtime, delivery_transport, load_all
 from gateway.clock import FixedClock
 from gateway.ingest.inbox import Inbox
@@ -168,7 +169,8 @@ class InProcessGateway:
         self.port = config.smtp.port
         self.inbox = Inbox(self.rt.db, self.clock)
         self.inbox.start()
-        self.server = await start_server(lambda: self.rt.config, self.inbox)
+        self.verifier = RecipientVerifier(lambda: self.rt.config, self.clock)
+        self.server = await start_server(lambda: self.rt.config, self.inbox, verifier=self.verifier)
         self.transport = delivery_transport(config)
         self.triage = TriageWorker(self.rt)
         self.imap_mode = None

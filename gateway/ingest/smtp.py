@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.act.probe import RecipientVerifier
 from gateway.config import Config
 from gateway.ingest.inbox import Inbox, Incoming, Unstorable
 
@@ -40,9 +41,10 @@ def _dispatch_names(obj: object, prefixes: tuple[str, ...]) -> list[str]:
 
 
 class GatewayHandler:
-    def __init__(self, config: Callable[[], Config], inbox: Inbox) -> None:
+    def __init__(self, config: Callable[[], Config], inbox: Inbox, verifier: RecipientVerifier | None = None) -> None:
         self._config = config
         self._inbox = inbox
+        self._verifier = verifier
 
     def __dir__(self) -> list[str]:
         # What aiosmtpd looks for on a handler, for every new session (see GatewaySMTP).
@@ -58,6 +60,10 @@ class GatewayHandler:
             return NOT_OURS_550
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return TOO_MANY_452
+        # [smtp] verify_recipients = "downstream": refuse now what the school's server would bounce.
+        refusal = await self._verifier.refusal(address) if self._verifier is not None else None
+        if refusal is not None:
+            return refusal
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -145,11 +151,11 @@ class CountedSMTP(GatewaySMTP):
         super().connection_lost(exc)
 
 
-async def start_server(config: Callable[[], Config], inbox: Inbox,
-                       metrics: SessionCounter | None = None) -> asyncio.Server:
+async def start_server(config: Callable[[], Config], inbox: Inbox, metrics: SessionCounter | None = None,
+                       verifier: RecipientVerifier | None = None) -> asyncio.Server:
     """The listener, on the daemon's own event loop (no Controller thread)."""
     cfg = config()
-    handler = GatewayHandler(config, inbox)
+    handler = GatewayHandler(config, inbox, verifier)
     loop = asyncio.get_running_loop()
 
     def factory() -> SMTP:
