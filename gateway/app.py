@@ -28,7 +28,7 @@ from gateway.store.queue import clear_leases
 from gateway.triage.rules import RuleSet, default_rules_dir, load_rules
 from gateway.workers.delivery import DeliveryWorker
 from gateway.workers.judging import JudgePool
-from gateway.workers.release import release_due
+from gateway.workers.release import release_all_due
 from gateway.workers.runtime import Runtime, Wakeup, make_owner
 from gateway.workers.triage import TriageWorker
 
@@ -217,7 +217,4 @@ class Daemon:
         return ops
 
     async def _release(self) -> int:
-        n = await self.rt.db.run(lambda s: release_due(s, self.rt))
-        if n:
-            self.rt.wake_delivery()
-        return n
+        return await release_all_due(self.rt)
