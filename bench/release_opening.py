@@ -34,7 +34,9 @@ from bench.machine import describe, interrupted  # noqa: E402
 from bench.smtp_throughput import (DOMAIN, RCPT, SCHOOL_ID, SENDER, SMTP_SOURCE, Sink, free_port,  # noqa: E402
                                    parentgate_command, stop_process, tail, wait_port)
 
-LONDON = ZoneInfo("Europe/London")
+# The school's timezone: London unless the opening would fall too near midnight there (an opening
+# must be later on the same day), then one far from it.
+ZONES = ("Europe/London", "Asia/Tokyo", "America/New_York")
 TARGET_S = 60.0
 
 
@@ -45,9 +47,9 @@ def calendar(open_at: str, half_term_start: str = "2020-01-01") -> str:
             '[schools.closures]\ninset_days = []\nbank_holidays = "none"\n')
 
 
-def write_config(directory: Path, *, smtp_port: int, sink_port: int, school_calendar: str) -> Path:
+def write_config(directory: Path, *, smtp_port: int, sink_port: int, school_calendar: str, zone: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    text = (f'[gateway]\nstate_dir = "var"\ntimezone = "Europe/London"\npostmaster = "postmaster@example.invalid"\n\n'
+    text = (f'[gateway]\nstate_dir = "var"\ntimezone = "{zone}"\npostmaster = "postmaster@example.invalid"\n\n'
             f'[smtp]\nlisten = "127.0.0.1:{smtp_port}"\nhostname = "gateway.test"\nmax_message_size = 1048576\n\n'
             f'[delivery]\nmode = "smtp"\nsmarthost = "127.0.0.1:{sink_port}"\n'
             f'retry_first_delay = "1s"\nretry_max_delay = "2s"\nlifetime = "1h"\n\n'
@@ -64,12 +66,12 @@ def write_config(directory: Path, *, smtp_port: int, sink_port: int, school_cale
 class Daemon:
     """One `parentgate run` with its own sink, config and SQLite database under `directory`."""
 
-    def __init__(self, directory: Path, school_calendar: str) -> None:
+    def __init__(self, directory: Path, school_calendar: str, zone: str) -> None:
         self.dir = directory
         self.sink = Sink(directory.parent, directory.name)
         self.port = free_port()
         self.config = write_config(directory, smtp_port=self.port, sink_port=self.sink.port,
-                                   school_calendar=school_calendar)
+                                   school_calendar=school_calendar, zone=zone)
         self.log = directory / "gateway.log"
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen([*parentgate_command(), "--config", str(self.config), "run"], cwd=directory,
@@ -121,22 +123,23 @@ def main() -> int:
     if not shutil.which(SMTP_SOURCE):
         raise SystemExit(f"{SMTP_SOURCE} (Postfix's smtp-source) is needed: apt-get install postfix")
     work = Path(tempfile.mkdtemp(prefix="pg-bench-release-"))
-    opening = (datetime.now(LONDON) + timedelta(minutes=args.lead)).replace(second=0, microsecond=0)
-    if opening.date() != (opening + timedelta(minutes=30)).date() or opening.hour == 0:
-        raise SystemExit("run again away from midnight (the opening must be later today)")
-    print(f"release at opening: {args.n} held messages; opening at {opening:%H:%M} Europe/London")
+    for zone in ZONES:
+        opening = (datetime.now(ZoneInfo(zone)) + timedelta(minutes=args.lead)).replace(second=0, microsecond=0)
+        if opening.date() == (opening + timedelta(minutes=60)).date() and opening.hour > 0:
+            break
+    print(f"release at opening: {args.n} held messages; opening at {opening:%H:%M} {zone}")
     print("  machine: " + ", ".join(f"{k} {v}" for k, v in describe("aiosmtpd").items()))
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupted)
     daemons: list[Daemon] = []
     try:
         # (b) first: its mail must be held before the opening.
-        opening_gw = Daemon(work / "opening", calendar(f"{opening:%H:%M}"))
+        opening_gw = Daemon(work / "opening", calendar(f"{opening:%H:%M}"), zone)
         daemons.append(opening_gw)
         fill_b = opening_gw.fill(args.n)
         print(f"  (b) {args.n} sent and held in {fill_b:.1f} s")
         # (a) a school closed all run (its half-term starts in the future), released by hand.
-        closed_gw = Daemon(work / "closed", calendar("08:00", "2034-01-01"))
+        closed_gw = Daemon(work / "closed", calendar("08:00", "2034-01-01"), zone)
         daemons.append(closed_gw)
         fill_a = closed_gw.fill(args.n)
         print(f"  (a) {args.n} sent and held in {fill_a:.1f} s")
