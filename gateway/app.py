@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from gateway.store.database import Database
 from gateway.store.db import safe_url
 from gateway.ops.health import Health
 from gateway.ops.http import OpsServer
+from gateway.ops.notify import Notifier, watch_gateway
 from gateway.store.queue import clear_leases
 from gateway.triage.rules import RuleSet, default_rules_dir, load_rules
 from gateway.workers.delivery import DeliveryWorker
@@ -163,8 +165,13 @@ class Daemon:
         imap.start()
         log.info("parentgate listening on %s:%d (%s delivery, %d school(s))", rt.config.smtp.host,
                  rt.config.smtp.port, rt.config.delivery.mode, len(rt.config.schools))
+        # systemd (Type=notify): started once the listener accepts; watchdog and queue status meanwhile.
+        notifier = Notifier.from_environ(os.environ)
+        notifier.ready(f"listening on {rt.config.smtp.host}:{rt.config.smtp.port}")
+        watch = asyncio.create_task(watch_gateway(notifier, rt, self.stopping), name="notify")
         await self.stopping.wait()
 
+        notifier.stopping()
         log.info("stopping: no new connections; finishing work in progress")
         server.close()
         await server.wait_closed()
@@ -184,7 +191,8 @@ class Daemon:
             tasks[0].cancel()
         except Exception:  # noqa: BLE001 - the loop logs its own failures
             pass
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, watch, return_exceptions=True)
+        notifier.close()
         try:
             await delivery.release_handed()
         except Exception:  # noqa: BLE001 - the leases then expire, as after a crash

@@ -14,7 +14,12 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.workers.runtime import Runtime
 
 log = logging.getLogger("parentgate.notify")
 
@@ -115,31 +120,58 @@ def stale_loop(ticks: Mapping[str, float], limits: Mapping[str, float], now: flo
 async def supervise(notifier: Notifier, *, stale: Callable[[], str | None],
                     summary: Callable[[], Awaitable[str]], stopping: asyncio.Event,
                     status_interval: float = 30.0) -> None:
-    """Until stopping: WATCHDOG=1 while no loop is stale, and STATUS= with the queue every status_interval."""
+    """Until stopping: WATCHDOG=1 while no loop is stale, and STATUS= with the queue every status_interval.
+
+    The two run side by side, so that a slow database (a status line waiting on it) never delays a ping.
+    """
     if not notifier.enabled:
         return
-    ping = notifier.watchdog_interval
-    step = min(ping, status_interval) if ping else status_interval
-    loop = asyncio.get_running_loop()
-    next_status = loop.time()
+    await asyncio.gather(_pings(notifier, stale, stopping), _statuses(notifier, summary, stopping, status_interval))
+
+
+async def _until(stopping: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def _pings(notifier: Notifier, stale: Callable[[], str | None], stopping: asyncio.Event) -> None:
+    interval = notifier.watchdog_interval
+    if interval is None:
+        return
     withheld: str | None = None
     while not stopping.is_set():
-        if ping:
-            hung = stale()
-            if hung is None:
-                notifier.watchdog()
-            elif hung != withheld:
-                log.error("%s loop is not going round: withholding the watchdog ping, so systemd restarts "
-                          "the gateway", hung)
-            withheld = hung
-        if loop.time() >= next_status:
-            next_status = loop.time() + status_interval
-            try:
-                # Bounded well inside the ping interval, so a slow database never delays a ping.
-                notifier.status(await asyncio.wait_for(summary(), timeout=min(5.0, step / 4)))
-            except Exception as exc:  # noqa: BLE001 - a status line must never stop the pings
-                notifier.status(f"queue: unknown ({exc.__class__.__name__})")
+        hung = stale()
+        if hung is None:
+            notifier.watchdog()
+        elif hung != withheld:
+            log.error("%s loop is not going round: withholding the watchdog ping, so systemd restarts the gateway",
+                      hung)
+        withheld = hung
+        await _until(stopping, interval)
+
+
+async def _statuses(notifier: Notifier, summary: Callable[[], Awaitable[str]], stopping: asyncio.Event,
+                    interval: float) -> None:
+    while not stopping.is_set():
         try:
-            await asyncio.wait_for(stopping.wait(), timeout=step)
-        except asyncio.TimeoutError:
-            pass
+            text = await asyncio.wait_for(summary(), timeout=max(interval, 1.0))
+        except Exception as exc:  # noqa: BLE001 - a status line must never stop the notifications
+            text = f"queue: unknown ({exc.__class__.__name__})"
+        if not stopping.is_set():
+            notifier.status(text)
+        await _until(stopping, interval)
+
+
+async def watch_gateway(notifier: Notifier, rt: Runtime, stopping: asyncio.Event) -> None:
+    """`supervise` for a running gateway: its loops' ticks against /healthz's limits, its queue from the database."""
+    from gateway.ops.health import LoopLimits
+    from gateway.services import state_counts
+    limits = LoopLimits().seconds
+
+    async def summary() -> str:
+        return queue_status(await rt.db.call(lambda: state_counts(rt)))
+
+    await supervise(notifier, stale=lambda: stale_loop(rt.metrics.ticks, limits, time.monotonic()),
+                    summary=summary, stopping=stopping)
