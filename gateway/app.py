@@ -24,8 +24,8 @@ from gateway.services import purge_expired
 from gateway.store.database import Database
 from gateway.store.db import safe_url
 from gateway.ops.health import Health
-from gateway.ops.http import OpsServer
 from gateway.ops.notify import Notifier, watch_gateway
+from gateway.ops.server import OpsServer
 from gateway.store.queue import clear_leases
 from gateway.triage.rules import RuleSet, default_rules_dir, load_rules
 from gateway.workers.delivery import DeliveryWorker
@@ -147,7 +147,15 @@ class Daemon:
         # Leases held by this gateway's previous incarnation (killed, or the machine rebooted) are ours
         # to clear; with SQLite there is only one gateway, so every lease is.
         owner = None if rt.db.single_writer else rt.owner
-        await rt.db.run(lambda s: clear_leases(s, owner))
+        try:
+            await rt.db.run(lambda s: clear_leases(s, owner))
+        except Exception as exc:  # noqa: BLE001 - the database went away during start-up
+            server.close()
+            if ops is not None:
+                await ops.close()
+            await inbox.stop()
+            raise StartupError(f"cannot use the database {safe_url(rt.config.gateway.database)}: "
+                               f"{one_line(exc)}") from exc
 
         primary = delivery_transport(rt.config)
         imap = ImapMode(rt)
@@ -163,6 +171,7 @@ class Daemon:
         jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt))
         jobs.start()
         imap.start()
+        rt.metrics.running = True
         log.info("parentgate listening on %s:%d (%s delivery, %d school(s))", rt.config.smtp.host,
                  rt.config.smtp.port, rt.config.delivery.mode, len(rt.config.schools))
         # systemd (Type=notify): started once the listener accepts; watchdog and queue status meanwhile.

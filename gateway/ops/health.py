@@ -60,9 +60,12 @@ class Health:
         except (OSError, asyncio.TimeoutError) as exc:
             return f"SMTP listener on {host}:{port} does not accept connections ({exc.__class__.__name__})"
         writer.close()
+        if not self._metrics.running:
+            # Listening already, but the workers are still being started: not ready to be counted on.
+            return "starting: the worker loops are not running yet"
         now = time.monotonic()
         for loop, limit in self._limits.seconds.items():
-            idle = now - self._metrics.ticks.get(loop, 0.0)
+            idle = now - self._metrics.ticks.get(loop, float("-inf"))
             if idle > limit:
                 return f"{loop} loop has not run for {idle:.0f} s (limit {limit:.0f} s)"
         return None

@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from gateway.domain.states import OutboxState, State
 from gateway.store.stats import QueueSnapshot
 
-# The states whose oldest member's age is reported: mail waiting for the school, for a retry, for a human.
-WAITING = (State.HELD.value, OutboxState.DEFERRED.value, State.IN_REVIEW.value)
 # The worker loops whose liveness /healthz checks.
 LOOPS = ("triage", "delivery", "jobs")
+# The states whose oldest member's age is reported: mail waiting for the school, for a retry, for a human.
+WAITING = (State.HELD.value, OutboxState.DEFERRED.value, State.IN_REVIEW.value)
 
 
 class Metrics:
@@ -58,8 +58,11 @@ class Metrics:
             self.oldest_age.labels(state=waiting)
         self._oldest: dict[str, datetime] = {}
         self._lock = threading.Lock()
+        # Monotonic time of each worker loop's last round, counted from start-up.
         started = time.monotonic()
         self.ticks: dict[str, float] = {name: started for name in LOOPS}
+        # Set once every worker has been started: until then the gateway listens but is not ready.
+        self.running = False
 
     def tick(self, loop: str) -> None:
         """A worker loop went round: /healthz checks that each does so within its interval."""

@@ -131,7 +131,8 @@ def test_healthz_is_200_then_503_when_the_database_becomes_unreachable(tmp_path:
                        extra=f'[metrics]\nlisten = "127.0.0.1:{mport}"\n')
     proc = start_daemon(cfg, port, tmp_path / "daemon.log")
     try:
-        assert get(mport, "/healthz") == (200, "ok\n")
+        # Healthy once the worker loops run, which is shortly after the listener accepts.
+        assert poll(lambda: get(mport, "/healthz") == (200, "ok\n"))
         if database_url.startswith("sqlite"):
             # The state directory moved away: the daemon's open connection would write into a file
             # nobody will ever read again.
@@ -175,7 +176,7 @@ def test_a_second_daemon_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_pa
         out = one_clear_line(run_cli(other, "run"))
         assert f"metrics on 127.0.0.1:{mport}" in out and "address already in use" in out
         # The first daemon is untouched.
-        assert get(mport, "/healthz") == (200, "ok\n")
+        assert poll(lambda: get(mport, "/healthz") == (200, "ok\n"))
     finally:
         stop(proc)
 
@@ -193,3 +194,29 @@ def test_an_unreachable_database_an_uncreatable_state_dir_or_an_invalid_config_i
     bad.write_text(bad.read_text() + '\n[metrics]\nlisten = "127.0.0.1:http"\n')
     out = one_clear_line(run_cli(bad, "run"))
     assert "metrics.listen" in out
+
+
+async def test_health_waits_for_the_workers_to_start_and_notices_a_loop_that_stopped(tmp_path: Path):
+    import asyncio
+    from gateway.ops.health import Health
+    from gateway.ops.metrics import Metrics
+    from gateway.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'health.db'}")
+    metrics = Metrics()
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    health = Health(db, metrics, lambda: server, ("127.0.0.1", port))
+    try:
+        assert await health.problem() == "starting: the worker loops are not running yet"
+        metrics.running = True
+        assert await health.problem() is None
+        metrics.ticks["delivery"] -= 61
+        assert (await health.problem() or "").startswith("delivery loop has not run for 61 s")
+        metrics.tick("delivery")
+        server.close()
+        await server.wait_closed()
+        assert await health.problem() == "SMTP listener is not serving"
+    finally:
+        server.close()
+        db.close()
