@@ -18,6 +18,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.ingest.inbox import Inbox
 from gateway.imapmode import ImapMode, make_mover, submission_transport
+from gateway.ingest.listener import Listener
 from gateway.ingest.smtp import start_server
 from gateway.jobs import Jobs
 from gateway.services import purge_expired
@@ -82,7 +83,7 @@ def delivery_transport(config: Config) -> Transport:
     if config.delivery.mode == "maildir":
         return MaildirTransport(config.delivery.maildir_root)
     return SmtpRelay(RelayTarget(host=config.delivery.smarthost_host, port=config.delivery.smarthost_port,
-                                 hostname=config.smtp.hostname))
+                                 hostname=config.smtp.hostname, ascii_sender=config.gateway.postmaster))
 
 
 class Daemon:
@@ -218,7 +219,7 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    async def _start_ops(self, server: asyncio.Server, listen: tuple[str, int]) -> OpsServer | None:
+    async def _start_ops(self, server: Listener, listen: tuple[str, int]) -> OpsServer | None:
         """/metrics and /healthz, when [metrics] asks for them; a port in use stops the start-up."""
         rt = self.rt
         if rt.config.metrics is None:

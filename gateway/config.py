@@ -46,6 +46,10 @@ class SmtpConfig:
     max_message_size: int
     # "downstream": each RCPT is checked with a cached probe of the smarthost (gateway.act.probe).
     verify_recipients: str = "off"
+    # Bounded connections (issue 12): beyond these a new connection gets 421 and is closed at once.
+    max_connections: int = 500
+    max_connections_per_client: int = 50
+    idle_timeout: timedelta = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,10 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     host, port = st.convert("listen", st.get("listen", str, "127.0.0.1:2525"), split_hostport)
     smtp = SmtpConfig(host=host, port=port, hostname=st.get("hostname", str, "parentgate.localdomain"),
                       max_message_size=read_positive(st, "max_message_size", 26214400),
-                      verify_recipients=st.get("verify_recipients", str, "off"))
+                      verify_recipients=st.get("verify_recipients", str, "off"),
+                      max_connections=read_positive(st, "max_connections", 500),
+                      max_connections_per_client=read_positive(st, "max_connections_per_client", 50),
+                      idle_timeout=read_duration(st, "idle_timeout", "60s"))
     if smtp.verify_recipients not in ("off", "downstream"):
         raise st.error("verify_recipients", f"must be \"off\" or \"downstream\", got {smtp.verify_recipients!r}")
     st.finish()

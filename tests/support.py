@@ -64,14 +64,14 @@ def always_open() -> str:
 def write_config(directory: Path, *, smtp_port: int | None = None, sink_port: int | None = None,
                  calendar: str | None = None, extra: str = "", database: str | None = None,
                  school_extra: str = "", max_size: int = 1048576, retry_first: str = "60s",
-                 gateway_extra: str = os.environ.get("PG_TEST_GATEWAY_EXTRA", "")) -> Path:
+                 gateway_extra: str = os.environ.get("PG_TEST_GATEWAY_EXTRA", ""), smtp_extra: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     delivery = (f'mode = "smtp"\nsmarthost = "127.0.0.1:{sink_port}"\n' if sink_port
                 else 'mode = "maildir"\nmaildir_root = "var/mail"\n')
     db = f'database = "{database}"\n' if database else ""
     text = (f'[gateway]\nstate_dir = "var"\n{db}timezone = "Europe/London"\npostmaster = "postmaster@{DOMAIN}"\n{gateway_extra}\n'
             f'[smtp]\nlisten = "127.0.0.1:{smtp_port or free_port()}"\nhostname = "gateway.test"\n'
-            f'max_message_size = {max_size}\n\n'
+            f'max_message_size = {max_size}\n{smtp_extra}\n'
             f'[delivery]\n{delivery}retry_first_delay = "{retry_first}"\nretry_max_delay = "10m"\nlifetime = "1h"\n\n'
             f'{extra}\n'
             f'[[schools]]\nid = "oakfield"\nname = "Oakfield Primary School"\ndomains = ["{DOMAIN}"]\n'
@@ -107,6 +107,7 @@ class Received:
     mail_from: str
     rcpts: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> Any:
@@ -116,7 +117,7 @@ class Received:
 class Sink:
     """An aiosmtpd server standing in for the school's real mail server; keeps every envelope."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, smtputf8: bool = False) -> None:
         self.received: list[Received] = []
         self.defer = False
         self.lock = threading.Lock()
@@ -128,11 +129,12 @@ class Sink:
                     return "451 4.3.0 try again later"
                 with outer.lock:
                     outer.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                                   bytes(envelope.original_content)))
+                                                   bytes(envelope.original_content), list(envelope.mail_options)))
                 return "250 OK"
 
         self.port = port or free_port()
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, server_hostname="sink.test")
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, server_hostname="sink.test",
+                                     enable_SMTPUTF8=smtputf8)
 
     def start(self) -> "Sink":
         self.controller.start()

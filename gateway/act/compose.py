@@ -17,13 +17,14 @@ from datetime import date, datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 from pathlib import Path
 
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from gateway.domain.addresses import reply_address
 from gateway.domain.facts import Facts
 
 # SMTP's CRLF line endings; RFC 2047 encoded words for non-ASCII header text.
@@ -50,9 +51,6 @@ _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u20
 
 # A msg-id (RFC 5322 §3.6.4) reduced to printable ASCII without spaces.
 _MSG_ID = re.compile(r"^<[!-;=?-~]+@[!-;=?-~]+>$")
-
-# A plain addr-spec: no spaces, controls or brackets, exactly one "@" with text either side.
-_ADDR_SPEC = re.compile(r"^[^\s<>@\x00-\x1f\x7f]+@[^\s<>@\x00-\x1f\x7f]+$")
 
 _LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
@@ -156,7 +154,9 @@ def compose_acknowledgement(
         msg["References"] = " ".join(references)
     msg["X-Parentgate"] = "acknowledgement"
     _set_text(msg, body)
-    return msg.as_bytes(policy=_POLICY)
+    # RFC 6532 §3.2: a non-ASCII address is written as UTF-8 in the header, and the message then
+    # travels only with SMTPUTF8 (the relay asks for it, or fails permanently with the reason).
+    return msg.as_bytes(policy=_POLICY if to_addr.isascii() else SMTPUTF8)
 
 
 @dataclass(frozen=True)
@@ -358,11 +358,18 @@ def _headed_message(
     return msg
 
 
-def _address(addr_spec: str, display_name: str = "") -> Address:
-    """An Address for a header; ValueError for anything that is not exactly one addr-spec."""
-    text = addr_spec.strip()
-    if not _ADDR_SPEC.match(text):
+def _address(addr_spec: str, display_name: str = "") -> Address | str:
+    """An address for a header; ValueError for anything that is not exactly one usable addr-spec.
+
+    Quoted local parts are kept quoted. A non-ASCII address (RFC 6532) is returned as text, because
+    `Address` refuses non-ASCII local parts; it then needs no display name to be written safely."""
+    text = reply_address(addr_spec)
+    if text is None:
         raise ValueError("not a usable email address")
+    if not text.isascii():
+        if display_name:
+            raise ValueError("a display name with a non-ASCII address is not supported")
+        return text
     try:
         return Address(display_name=display_name, addr_spec=text)
     except (ValueError, HeaderParseError) as exc:

@@ -15,6 +15,7 @@ from typing import Callable
 import aiosmtplib
 
 from gateway.act.transport import REPLY_LIMIT, Outcome, classify_reply, reply_text
+from gateway.domain.addresses import needs_smtputf8, undecodable
 
 log = logging.getLogger("parentgate.relay")
 
@@ -29,6 +30,40 @@ class RelayTarget:
     password: str | None = None
     oauth2_token: Callable[[], str] | None = None
     timeout: float = 30.0
+    # The reverse-path used instead of a non-ASCII one when the next hop does not offer SMTPUTF8 (the
+    # postmaster, so that a later bounce still reaches a person); "" is the null reverse-path.
+    ascii_sender: str = ""
+
+
+NO_SMTPUTF8 = ("the next hop does not offer SMTPUTF8, which this message's non-ASCII recipient address "
+               "needs (RFC 6531 section 3.4)")
+
+
+async def _envelope(client: aiosmtplib.SMTP, mail_from: str, rcpts: list[str], data: bytes,
+                    ascii_sender: str) -> tuple[str, list[str]] | None:
+    """The reverse-path and MAIL parameters for this message on this server, or None when it cannot go.
+
+    RFC 6531 §3.4: non-ASCII addresses need SMTPUTF8. A non-ASCII recipient without it cannot be
+    reached at all. A non-ASCII reverse-path is replaced by `ascii_sender`, as a forwarder may change
+    the envelope sender: the message (and its From field) is unchanged, and only a bounce from the next
+    hop goes to the postmaster instead of the parent. Non-ASCII header text (RFC 6532) asks for
+    SMTPUTF8 when offered; when it is not, the message goes as before, with 8-bit headers, which is
+    what mail servers have long accepted from each other.
+    """
+    if client.is_ehlo_or_helo_needed:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            # RFC 5321 §4.1.1.1: a server that does not know EHLO is spoken to with HELO (no extensions).
+            await client.helo()
+    if client.supports_extension("smtputf8"):
+        end = data.find(b"\r\n\r\n")
+        headers = data if end < 0 else data[:end]
+        utf8 = any(needs_smtputf8(a) for a in [mail_from, *rcpts]) or not headers.isascii()
+        return mail_from, ["SMTPUTF8"] if utf8 else []
+    if any(needs_smtputf8(a) for a in rcpts):
+        return None
+    return (ascii_sender if needs_smtputf8(mail_from) else mail_from), []
 
 
 class SmtpRelay:
@@ -53,19 +88,32 @@ class SmtpRelay:
         return client
 
     async def send(self, mail_from: str, rcpts: list[str], data: bytes) -> Outcome:
+        if any(undecodable(a) for a in [mail_from, *rcpts]):
+            # Refused at the listener since; a row stored before that can never be sent.
+            return Outcome(ok=False, temporary=False, detail="an envelope address is not valid UTF-8")
         client = self._idle.pop() if self._idle else None
         for attempt in range(2):
             fresh = client is None
             try:
                 if client is None:
                     client = await self._connect()
-                errors, response = await client.sendmail(mail_from, rcpts, data)
+                envelope = await _envelope(client, mail_from, rcpts, data, self.target.ascii_sender)
+                if envelope is None:
+                    await self._discard_or_keep(client, keep=True)
+                    return Outcome(ok=False, temporary=False, detail=NO_SMTPUTF8)
+                sender, options = envelope
+                errors, response = await client.sendmail(sender, rcpts, data, mail_options=options)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 await self._discard_or_keep(client, keep=True)
                 return refused_outcome(exc.recipients)
             except aiosmtplib.SMTPResponseException as exc:
                 await self._discard_or_keep(client, keep=exc.code < 500 or exc.code == 552)
                 return classify_reply(exc.code, exc.message)
+            except ValueError:
+                # aiosmtplib refuses an address it cannot put on a command line safely; so would
+                # every later attempt.
+                await self._discard_or_keep(client, keep=True)
+                return Outcome(ok=False, temporary=False, detail="an envelope address cannot be sent over SMTP")
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 await self._discard_or_keep(client, keep=False)
                 client = None

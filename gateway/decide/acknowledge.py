@@ -12,6 +12,7 @@ import re
 from datetime import datetime, timedelta
 from enum import Enum
 
+from gateway.domain.addresses import reply_address
 from gateway.domain.calendar import SchoolCalendar
 from gateway.domain.facts import Facts
 from gateway.domain.findings import Route
@@ -65,10 +66,6 @@ _BULK_PRECEDENCE = frozenset({"bulk", "junk", "list"})
 # "AutoReply" asks for no auto-replies other than out-of-office, which includes ours.
 _SUPPRESS_TOKENS = frozenset({"all", "oof", "autoreply"})
 
-# An address we could hand to an SMTP client without surprises: no whitespace,
-# no control characters, no angle brackets, exactly one "@" with text either side.
-_USABLE_ADDRESS = re.compile(r"^[^\s<>@\x00-\x1f\x7f]+@[^\s<>@\x00-\x1f\x7f]+$")
-
 
 class AckKind(str, Enum):
     """Which acknowledgement to send: the usual one, or the one that points to the office phone."""
@@ -90,9 +87,11 @@ def suppression(facts: Facts, envelope_sender: str, own_domains: frozenset[str])
     # RFC 3834 §2: never respond when the destination would be the null reverse-path.
     if not sender:
         return "null-sender"
-    if not _USABLE_ADDRESS.match(sender):
+    # An acknowledgement needs an address it can be written to, in a To field and in RCPT.
+    usable = reply_address(sender)
+    if usable is None:
         return "unusable-sender"
-    local, domain = _split(sender)
+    local, domain = _split(usable)
 
     # RFC 3834 §2: any Auto-Submitted value other than "no" (parameters after ";" aside).
     for value in facts.headers.get("auto-submitted", ()):

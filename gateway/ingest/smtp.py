@@ -1,7 +1,9 @@
 """SMTP ingress (aiosmtpd): accept mail only for the schools' domains, store it, then say 250.
 
 Never an open relay: RCPT is refused (550 5.7.1) for any domain that is not a configured school's.
-Any failure answers a generic 451 4.3.0, never the exception text (STYLE §1).
+Any failure answers a generic 451 4.3.0, never the exception text (STYLE §1). Bytes that are not
+UTF-8, and control characters, are refused at the command that carries them (EHLO, MAIL, RCPT), so
+they never reach a database row or the next hop.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import logging
 import re
 from typing import Any, Callable, Protocol
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from gateway.act.probe import RecipientVerifier
 from gateway.config import Config
+from gateway.domain.addresses import envelope_problem, has_controls, has_domain, undecodable
 from gateway.ingest.inbox import Inbox, Incoming, Unstorable
+from gateway.ingest.listener import ConnectionGate, Listener, effective_max_connections
 
 log = logging.getLogger("parentgate.smtp")
 
-QUEUED_250 = "250 2.0.0 OK: queued"
+QUEUED_250 = "250 2.0.0 OK: queued as"
 NOT_OURS_550 = "550 5.7.1 Relay access denied: this gateway accepts mail only for its schools"
 BAD_ADDRESS_553 = "553 5.1.3 Bad recipient address syntax"
 TOO_BIG_552 = "552 5.3.4 Message too big for this gateway"
@@ -50,8 +54,20 @@ class GatewayHandler:
         # What aiosmtpd looks for on a handler, for every new session (see GatewaySMTP).
         return _dispatch_names(self, ("handle_",))
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if problem := envelope_problem(address, smtputf8=envelope.smtp_utf8):
+            return _bad_address("553 5.1.7 Bad sender address", problem)
+        if address != "<>" and not has_domain(address):
+            return "553 5.1.7 Bad sender address: address has no domain"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        if problem := envelope_problem(address, smtputf8=envelope.smtp_utf8):
+            return _bad_address("553 5.1.3 Bad recipient address", problem)
         local, sep, domain = address.rpartition("@")
         if not sep or not local or not domain:
             return BAD_ADDRESS_553
@@ -78,11 +94,12 @@ class GatewayHandler:
             if school is not None:
                 groups.setdefault(school.id, []).append(rcpt.lower())
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        stored: list[int] = []
         try:
             for school_id, rcpts in groups.items():
-                await self._inbox.receive(Incoming(
+                stored.append(await self._inbox.receive(Incoming(
                     raw=raw, mail_from=(envelope.mail_from or "").strip("<>"), rcpt_tos=tuple(rcpts),
-                    school=school_id, peer=peer, helo=session.host_name))
+                    school=school_id, peer=peer, helo=session.host_name)))
         except Unstorable as exc:
             # The database refused this message's own values: trying again would fail the same way.
             if exc.permanent:
@@ -92,11 +109,19 @@ class GatewayHandler:
         except Exception:  # noqa: BLE001 - the client learns only that it should retry
             log.exception("could not store a message from %s", peer)
             return TRY_LATER_451
-        return QUEUED_250
+        # The stored ids, so that the sending MTA's log line ("queued as 12") leads to `parentgate show 12`.
+        return f"{QUEUED_250} {' '.join(map(str, stored))}"
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("SMTP session error: %s", error.__class__.__name__)
         return "421 4.3.0 Temporary local problem; closing connection"
+
+
+def _bad_address(reply: str, problem: str) -> str:
+    if "non-ASCII" in problem:
+        # RFC 6531 §3.7.4.2 names 5.6.7 for a non-ASCII address the transaction cannot carry.
+        return f"553 5.6.7 {problem}"
+    return f"{reply}: {problem}"
 
 
 # `<local@domain>` with a dot-atom local part and a plain domain: what nearly every client sends.
@@ -129,6 +154,56 @@ class GatewaySMTP(SMTP):
     def __dir__(self) -> list[str]:
         return _dispatch_names(self, ("smtp_", "auth_"))
 
+    def __init__(self, *args: Any, release: Callable[[], None] = lambda: None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+        self._last_heard = self.loop.time()
+
+    # aiosmtpd decodes arguments as UTF-8 with surrogateescape: bytes that are not UTF-8 arrive as lone
+    # surrogates. They are refused here, at the command, with the reason (RFC 3463 5.5.2: syntax error).
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if problem := _name_problem(hostname):
+            await self.push(f"501 5.5.2 Syntax error: the EHLO name {problem}")
+            return
+        await super().smtp_EHLO(hostname)
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if problem := _name_problem(hostname):
+            await self.push(f"501 5.5.2 Syntax error: the HELO name {problem}")
+            return
+        await super().smtp_HELO(hostname)
+
+    def data_received(self, data: bytes) -> None:
+        # The idle timeout counts from the last bytes heard, so a long DATA transfer is not cut off
+        # (aiosmtpd's own timer restarts only at each command).
+        self._last_heard = self.loop.time()
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        silent = self.loop.time() - self._last_heard
+        if silent < self._timeout_duration and self.transport is not None:
+            self._reset_timeout(self._timeout_duration - silent)
+            return
+        # RFC 5321 §4.5.3.2: the server may close an idle connection; 421 tells the client why
+        # (aiosmtpd would close it without a word).
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode("ascii", "replace"))
+        super()._timeout_cb()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._release()
+        super().connection_lost(error)
+
+
+def _name_problem(name: str | None) -> str | None:
+    if name and undecodable(name):
+        return "is not valid UTF-8"
+    if name and has_controls(name):
+        return "contains control characters"
+    return None
+
 
 class SessionCounter(Protocol):
     def session_opened(self) -> None: ...
@@ -152,18 +227,25 @@ class CountedSMTP(GatewaySMTP):
 
 
 async def start_server(config: Callable[[], Config], inbox: Inbox, metrics: SessionCounter | None = None,
-                       verifier: RecipientVerifier | None = None) -> asyncio.Server:
+                       verifier: RecipientVerifier | None = None) -> Listener:
     """The listener, on the daemon's own event loop (no Controller thread)."""
     cfg = config()
     handler = GatewayHandler(config, inbox, verifier)
     loop = asyncio.get_running_loop()
+    smtp = cfg.smtp
+    cap = effective_max_connections(smtp.max_connections)
+    if cap < smtp.max_connections:
+        log.warning("at most %d SMTP connections (not %d): the open-file limit allows no more; raise "
+                    "LimitNOFILE to allow more", cap, smtp.max_connections)
+    gate = ConnectionGate(max_total=cap, max_per_client=smtp.max_connections_per_client)
 
-    def factory() -> SMTP:
-        options: dict[str, Any] = dict(hostname=cfg.smtp.hostname, ident="parentgate ESMTP",
-                                       data_size_limit=cfg.smtp.max_message_size, decode_data=False,
-                                       enable_SMTPUTF8=True, loop=loop)
+    def factory(release: Callable[[], None]) -> SMTP:
+        options: dict[str, Any] = dict(hostname=smtp.hostname, ident="parentgate ESMTP",
+                                       data_size_limit=smtp.max_message_size, decode_data=False,
+                                       enable_SMTPUTF8=True, timeout=smtp.idle_timeout.total_seconds(),
+                                       loop=loop, release=release)
         if metrics is None:
             return GatewaySMTP(handler, **options)
         return CountedSMTP(metrics, handler, **options)
 
-    return await loop.create_server(factory, host=cfg.smtp.host, port=cfg.smtp.port, reuse_address=True)
+    return Listener(smtp.host, smtp.port, factory, gate)

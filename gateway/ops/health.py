@@ -10,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from gateway.ops.metrics import Metrics
 from gateway.store.database import URGENT, Database
 
 DB_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
+
+
+
+class Serving(Protocol):
+    """The SMTP listener as health sees it."""
+
+    def is_serving(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ def _connect_host(host: str) -> str:
 
 
 class Health:
-    def __init__(self, db: Database, metrics: Metrics, listener: Callable[[], asyncio.Server | None],
+    def __init__(self, db: Database, metrics: Metrics, listener: Callable[[], Serving | None],
                  listen: tuple[str, int], limits: LoopLimits | None = None) -> None:
         self._db = db
         self._metrics = metrics

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
 from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
+from gateway.domain.addresses import reply_address
 from gateway.domain.states import State
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import claim_messages, release_messages, transition
@@ -204,14 +205,24 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
                   rcpts=tuple(row.rcpt_tos), received_at=row.received_at, now=now, create_thread=True,
                   batch=batch)
     findings = ev.findings
+    plan = ev.plan
+    # The replies are built before any state changes: one that cannot be built (an address no header
+    # can carry, a template that fails) is skipped with a note in the message's event trail, and the
+    # message itself is routed as planned. A reply must never keep mail from its teacher.
+    notes: list[str] = []
+    summary = _built(row, "review summary", notes,
+                     lambda: _review_summary(rt, row, ev, now)) if plan.review_summary else None
+    ack = _built(row, "acknowledgement", notes, lambda: _acknowledgement(rt, row, ev, now)) if ev.ack else None
+    if ev.ack_block == "unusable-sender":
+        notes.append("acknowledgement skipped: the envelope sender cannot be replied to")
     transition(session, row, State.TRIAGED, actor=rt.owner, now=now,
                reason=f"route {ev.route.value}; sender {ev.sender_class.value}; "
-               + (", ".join(r.rule for r in findings.reasons) or "no findings"),
+               + (", ".join(r.rule for r in findings.reasons) or "no findings")
+               + "".join(f"; {note}" for note in notes),
                route=ev.route.value, sender_class=ev.sender_class.value, tone=findings.tone.value, flags=list(findings.flags),
                reasons=[{"rule": r.rule, "flag": r.flag.value, "evidence": r.evidence} for r in findings.reasons],
                rules_digest=rt.rules.digest, family=ev.family.key, half_term=ev.half_term_key,
                counted=1 if ev.counted else 0, thread_id=ev.thread_id)
-    plan = ev.plan
     why = plan.note or {State.HELD: f"school closed ({plan.closure})", State.IN_REVIEW: "for the Head of School",
                         State.QUEUED: "deliver now"}.get(plan.state, "")
     transition(session, row, plan.state, actor=rt.owner, now=now, reason=why, release_at=plan.release_at)
@@ -221,10 +232,10 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
         move = imap_move(row, config, "held" if plan.state is State.HELD else "review", now)
         session.add(move)
         written.append(move)
-    if plan.review_summary:
-        written.append(_add_review_summary(session, rt, row, ev, now))
-    if ev.ack is not None:
-        written.append(_add_acknowledgement(session, rt, row, ev, now))
+    for reply in (summary, ack):
+        if reply is not None:
+            session.add(reply)
+            written.append(reply)
     if lease is not None:
         for item in written:
             item.lease_owner, item.lease_until = rt.owner, lease
@@ -236,8 +247,17 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
     return ev, written
 
 
-def _add_acknowledgement(session: Session, rt: Runtime, row: MessageRow, ev: Evaluation,
-                         now: datetime) -> OutboxRow:
+def _built(row: MessageRow, what: str, notes: list[str], build: Callable[[], OutboxRow]) -> OutboxRow | None:
+    """The reply `build` makes, or None with a note saying why it was skipped."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - any failure to build a reply only skips the reply
+        log.warning("message %s: the %s could not be built (%s); skipped", row.id, what, exc.__class__.__name__)
+        notes.append(f"{what} skipped: it could not be built ({exc.__class__.__name__})")
+        return None
+
+
+def _acknowledgement(rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> OutboxRow:
     assert ev.ack is not None
     school, calendar = ev.school, ev.school.calendar
     tz = calendar.tz
@@ -253,18 +273,18 @@ def _add_acknowledgement(session: Session, rt: Runtime, row: MessageRow, ev: Eva
         parent_name=ev.facts.from_name or None, family_known=ev.family.known, reply_by=reply_by, reopen_date=reopen,
         break_name=break_name,
         office_phone=school.office_phone, now=now.astimezone(tz))
+    reply_to = reply_address(row.mail_from)
+    if reply_to is None:
+        raise ValueError("the envelope sender cannot be replied to")
     data = compose_acknowledgement(
-        original=ev.facts, to_addr=row.mail_from, from_addr=school.acknowledge_from, from_name=school.name,
+        original=ev.facts, to_addr=reply_to, from_addr=school.acknowledge_from, from_name=school.name,
         body=body, now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex))
     # RFC 3834 §3.3: the response goes out with a null reverse-path, so nothing ever answers it back.
-    ack = outbox_row(row, "ack", mail_from="", rcpts=[row.mail_from], now=now, payload=data,
-                     ack_sender=ev.sender, ack_kind=ev.ack.value)
-    session.add(ack)
-    return ack
+    return outbox_row(row, "ack", mail_from="", rcpts=[reply_to], now=now, payload=data,
+                      ack_sender=ev.sender, ack_kind=ev.ack.value)
 
 
-def _add_review_summary(session: Session, rt: Runtime, row: MessageRow, ev: Evaluation,
-                        now: datetime) -> OutboxRow:
+def _review_summary(rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> OutboxRow:
     school = ev.school
     findings = ev.findings
     family = ev.family.label if ev.family.known else ev.family.key
@@ -276,8 +296,6 @@ def _add_review_summary(session: Session, rt: Runtime, row: MessageRow, ev: Eval
         received_at=row.received_at.astimezone(school.calendar.tz), recipients=list(row.rcpt_tos),
         message_ref=str(row.id), now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex),
         templates_dir=rt.templates_dir)
-    summary = outbox_row(row, "summary", mail_from=rt.config.gateway.postmaster, rcpts=[school.head_of_school],
-                         now=now, payload=data)
-    session.add(summary)
-    return summary
+    return outbox_row(row, "summary", mail_from=rt.config.gateway.postmaster, rcpts=[school.head_of_school],
+                      now=now, payload=data)
 

@@ -16,7 +16,7 @@ async def test_the_session_finds_the_same_commands_auth_mechanisms_and_hooks_as_
     assert sorted(ours._smtp_methods) == sorted(plain._smtp_methods)
     assert "DATA" in ours._smtp_methods and "STARTTLS" in ours._smtp_methods
     assert sorted(ours._auth_methods) == sorted(plain._auth_methods)
-    assert sorted(ours._handle_hooks) == sorted(plain._handle_hooks) == ["DATA", "RCPT", "exception"]
+    assert sorted(ours._handle_hooks) == sorted(plain._handle_hooks) == ["DATA", "MAIL", "RCPT", "exception"]
     assert ours._handle_hooks["DATA"] == handler.handle_DATA
     assert ours._smtp_methods["DATA"] == ours.smtp_DATA
 
