@@ -378,3 +378,23 @@ async def test_the_idle_timer_is_reset_by_each_command(tmp_path, sink):
         writer.close()
     finally:
         await gw.stop()
+
+
+def test_the_dry_run_triages_mail_from_smtputf8_quoted_and_unaddressable_senders(tmp_path):
+    import json
+    import subprocess
+    import sys
+    cfg = write_config(tmp_path)
+    files = {"utf8.eml": utf8_message("marker-dry"),
+             "quoted.eml": b"Return-Path: <" + QUOTED_SENDER.encode() + b">\r\n" + wire(message()),
+             "nodomain.eml": b'Return-Path: <"someone@example.com">\r\n' + wire(message()),
+             "badbytes.eml": b"Return-Path: <p\xff\x01@example.com>\r\n" + wire(message())}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    out = subprocess.run([sys.executable, "-m", "gateway", "--config", str(cfg), "triage", "--json",
+                          *(str(tmp_path / name) for name in files)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {Path(r["file"]).name: r for r in map(json.loads, out.stdout.splitlines())}
+    assert {name: (rows[name]["route"], rows[name]["acknowledge"]) for name in files} == {
+        "utf8.eml": ("staff", True), "quoted.eml": ("staff", True),
+        "nodomain.eml": ("staff", False), "badbytes.eml": ("staff", False)}
