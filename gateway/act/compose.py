@@ -12,6 +12,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.errors import HeaderParseError
@@ -154,9 +155,7 @@ def compose_acknowledgement(
         msg["References"] = " ".join(references)
     msg["X-Parentgate"] = "acknowledgement"
     _set_text(msg, body)
-    # RFC 6532 §3.2: a non-ASCII address is written as UTF-8 in the header, and the message then
-    # travels only with SMTPUTF8 (the relay asks for it, or fails permanently with the reason).
-    return msg.as_bytes(policy=_POLICY if to_addr.isascii() else SMTPUTF8)
+    return msg.as_bytes(policy=_policy_for(msg))
 
 
 @dataclass(frozen=True)
@@ -383,8 +382,16 @@ def _set_text(part: MIMEPart, body: str, disposition: str | None = None) -> None
     part.set_content(body, charset="utf-8", cte=cte, disposition=disposition)
 
 
+def _policy_for(msg: EmailMessage) -> Any:
+    """RFC 6532 §3.2: a non-ASCII address is written as UTF-8 in the header (an encoded word is not
+    allowed there), and the message then travels only with SMTPUTF8: the relay asks for it, or fails
+    permanently with the reason."""
+    return _POLICY if str(msg.get("To", "")).isascii() else SMTPUTF8
+
+
 def _header_bytes(msg: EmailMessage) -> bytes:
-    return b"".join(_POLICY.fold_binary(name, value) for name, value in msg.items())
+    policy = _policy_for(msg)
+    return b"".join(policy.fold_binary(name, value) for name, value in msg.items())
 
 
 def _clean_msg_id(value: str | None) -> str | None:
