@@ -158,6 +158,7 @@ class GatewaySMTP(SMTP):
         super().__init__(*args, **kwargs)
         self._release = release
         self._last_heard = self.loop.time()
+        self._busy = False
 
     # aiosmtpd decodes arguments as UTF-8 with surrogateescape: bytes that are not UTF-8 arrive as lone
     # surrogates. They are refused here, at the command, with the reason (RFC 3463 5.5.2: syntax error).
@@ -181,8 +182,18 @@ class GatewaySMTP(SMTP):
         self._last_heard = self.loop.time()
         super().data_received(data)
 
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        # While a hook works (storing a message can wait for a database commit) the client is waiting
+        # for us, not idle: the timeout then counts from our answer.
+        self._busy = True
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self._busy = False
+            self._last_heard = self.loop.time()
+
     def _timeout_cb(self) -> None:
-        silent = self.loop.time() - self._last_heard
+        silent = 0.0 if self._busy else self.loop.time() - self._last_heard
         if silent < self._timeout_duration and self.transport is not None:
             self._reset_timeout(self._timeout_duration - silent)
             return

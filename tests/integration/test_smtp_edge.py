@@ -398,3 +398,22 @@ def test_the_dry_run_triages_mail_from_smtputf8_quoted_and_unaddressable_senders
     assert {name: (rows[name]["route"], rows[name]["acknowledge"]) for name in files} == {
         "utf8.eml": ("staff", True), "quoted.eml": ("staff", True),
         "nodomain.eml": ("staff", False), "badbytes.eml": ("staff", False)}
+
+
+async def test_a_client_waiting_for_a_slow_commit_is_not_timed_out(tmp_path, sink):
+    gw = await start(tmp_path, sink, 'idle_timeout = "1s"\n')
+    receive = gw.inbox.receive
+    released = asyncio.Event()
+
+    async def slow(item: Any) -> int:
+        # The commit takes three times the idle timeout; the client meanwhile waits for our answer.
+        await asyncio.wait_for(released.wait(), 30)
+        return await receive(item)
+    gw.inbox.receive = slow  # type: ignore[method-assign]
+    try:
+        loop = asyncio.get_running_loop()
+        loop.call_later(3.0, released.set)
+        code, text = await submit(gw, "mum@example.com", [STAFF], wire(message()))
+        assert code == 250 and text.startswith("2.0.0 OK: queued as ")
+    finally:
+        await gw.stop()
