@@ -96,7 +96,12 @@ def _bind(host: str, port: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                # Worded as asyncio's create_server words it, which the start-up error repeats.
+                raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: "
+                                         f"{(exc.strerror or '').lower()}") from None
             sock.listen(BACKLOG)
             sock.setblocking(False)
     except OSError:
