@@ -1,9 +1,12 @@
 """The message queue: the one door for state changes (`transition`) and leased claims on rows.
 
 Every state change goes through `transition()`, which checks the table in `domain.states`, updates the
-row and appends an event in the same transaction. A claim is a lease (owner, until, claims), never a
-state: a worker that dies leaves a lease that expires, and a row whose lease expired three times is
-quarantined for a human instead of crashing workers forever (Mailman's shunt queue).
+row and appends an event in the same transaction. A claim is a lease (owner, until), never a state: a
+worker that dies leaves a lease that expires, and the row is claimed again. A claim alone never counts
+against a message (a gateway killed in a crash loop claims batches it never works on); `claims` counts
+attempts that really failed because of the message (its judging raised, or killed a worker process, or
+writing its triage raised), and after three the worker quarantines it for a human instead of crashing
+workers forever (Mailman's shunt queue).
 """
 
 from __future__ import annotations
@@ -96,7 +99,10 @@ def _lease_free(model: Any, now: datetime) -> Any:
 
 def claim_messages(session: Session, state: State, *, owner: str, now: datetime, lease: timedelta,
                    limit: int, due_before: datetime | None = None) -> list[MessageRow]:
-    """Lease up to `limit` rows in `state` (oldest first). FOR UPDATE SKIP LOCKED on PostgreSQL."""
+    """Lease up to `limit` rows in `state` (oldest first). FOR UPDATE SKIP LOCKED on PostgreSQL.
+
+    The claim is not counted (see `failed_attempt`): a claim by a process that dies before working on
+    the rows must not bring them nearer to quarantine."""
     query = select(MessageRow).where(MessageRow.state == state.value, _lease_free(MessageRow, now))
     if due_before is not None:
         query = query.where(MessageRow.release_at <= due_before)
@@ -104,15 +110,44 @@ def claim_messages(session: Session, state: State, *, owner: str, now: datetime,
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     rows = list(session.scalars(query))
-    claimed: list[MessageRow] = []
     for row in rows:
-        if row.claims >= MAX_CLAIMS:
-            transition(session, row, State.QUARANTINED, actor=owner, now=now,
-                       reason=f"lease expired {row.claims} times; kept for a human")
-            continue
-        row.lease_owner, row.lease_until, row.claims = owner, now + lease, row.claims + 1
-        claimed.append(row)
-    return claimed
+        row.lease_owner, row.lease_until = owner, now + lease
+    return rows
+
+
+def failed_attempt(row: MessageRow) -> bool:
+    """Count one attempt at the row's work that failed because of the row itself, and drop its lease so
+    that it is tried again soon. True once it has failed MAX_CLAIMS times: the caller quarantines it."""
+    row.claims = (row.claims or 0) + 1
+    row.lease_owner, row.lease_until = None, None
+    return row.claims >= MAX_CLAIMS
+
+
+def renew_messages(session: Session, ids: list[int], state: State, *, owner: str, until: datetime) -> list[int]:
+    """Extend our leases on rows still in `state` and still leased to us; returns the ids renewed.
+
+    A lease another gateway has taken over (ours expired) is never extended: that row is no longer
+    ours to write. Rows are locked in id order and locked ones skipped (on PostgreSQL), so a renewal
+    never waits for, or deadlocks with, the transaction that is finishing them."""
+    return _renew(session, MessageRow, ids, [MessageRow.state == state.value], owner, until)
+
+
+def renew_outbox(session: Session, ids: list[int], *, owner: str, until: datetime) -> list[int]:
+    """`renew_messages` for outbox rows still pending or deferred."""
+    return _renew(session, OutboxRow, ids, [OutboxRow.state.in_((OutboxState.PENDING.value,
+                                                                 OutboxState.DEFERRED.value))], owner, until)
+
+
+def _renew(session: Session, model: Any, ids: list[int], where: list[Any], owner: str, until: datetime) -> list[int]:
+    if not ids:
+        return []
+    query = select(model.id).where(model.id.in_(ids), model.lease_owner == owner, *where).order_by(model.id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    mine = list(session.scalars(query))
+    if mine:
+        session.execute(update(model).where(model.id.in_(mine)).values(lease_until=until))
+    return mine
 
 
 def claim_outbox(session: Session, *, owner: str, now: datetime, lease: timedelta, limit: int,
@@ -141,11 +176,10 @@ def claim_outbox(session: Session, *, owner: str, now: datetime, lease: timedelt
 
 def release_messages(session: Session, ids: list[int], state: State, owner: str) -> int:
     """Give up our leases on messages claimed in `state` and not worked on (a clean stop): claimable
-    again at once, and the claim not counted, so a stop never brings a message nearer to quarantine."""
+    again at once (a claim is never counted, so a stop never brings a message nearer to quarantine)."""
     result = session.execute(update(MessageRow).where(
-        MessageRow.id.in_(ids), MessageRow.state == state.value, MessageRow.lease_owner == owner,
-        MessageRow.claims > 0).values(
-        lease_owner=None, lease_until=None, claims=MessageRow.claims - 1))
+        MessageRow.id.in_(ids), MessageRow.state == state.value, MessageRow.lease_owner == owner).values(
+        lease_owner=None, lease_until=None))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

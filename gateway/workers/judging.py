@@ -23,6 +23,7 @@ from typing import Callable
 
 from gateway.triage.rules import RuleSet, load_rules
 from gateway.workers.evaluate import Judged, judge
+from gateway.workers.lifeline import die_with
 
 log = logging.getLogger("parentgate.judging")
 Results = list["Judged | BaseException"]
@@ -30,6 +31,10 @@ Results = list["Judged | BaseException"]
 
 class JudgeFailed(Exception):
     """Stands in for an exception raised while judging that cannot be sent back between processes."""
+
+
+class WorkerDied(Exception):
+    """The result for a message whose judging, alone in a worker process, killed that process."""
 
 
 class _WorkerRules:
@@ -42,12 +47,14 @@ class _WorkerRules:
     rules: RuleSet | None = None
 
 
-def _load_worker_rules(rules_dir: str) -> None:
-    # Signals sent to the whole process group (Ctrl-C, systemd's stop) are the daemon's to handle: it
-    # stops these workers itself once the batch in hand is finished. A worker whose daemon died
-    # exits when its task pipe closes.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+def _load_worker_rules(rules_dir: str, daemon_pid: int) -> None:
+    # SIGTERM ends a worker at once (systemd's stop, an operator's kill): the daemon then gives the
+    # batch in hand back untried. Ctrl-C and SIGHUP reach the whole foreground group but are the
+    # daemon's to handle (it stops or reloads these workers itself).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    die_with(daemon_pid)
     _WorkerRules.rules = load_rules(Path(rules_dir))
 
 
@@ -91,16 +98,21 @@ def default_workers() -> int:
 class JudgePool:
     """A process pool for `judge`, recreated on a rules reload and after a worker died."""
 
-    def __init__(self, rules_dir: Path, *, workers: int | None = None) -> None:
+    def __init__(self, rules_dir: Path, *, workers: int | None = None,
+                 task: Callable[[list[bytes]], tuple[str, Results]] | None = None) -> None:
         self._rules_dir = rules_dir
         self._workers = workers or default_workers()
+        # What a worker runs per chunk; tests substitute a module-level function that crashes on cue.
+        self._task = task or _judge_in_worker
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the daemon has threads (database, asyncio helpers) whose locks a forked
-        # child could inherit held.
+        # child could inherit held. spawn starts multiprocessing's resource tracker too (for the
+        # pool's semaphores); it holds only the reading end of a pipe whose writing ends the daemon
+        # and these workers hold, so it exits once they have all died (see `die_with`).
         pool = ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_load_worker_rules, initargs=(str(self._rules_dir),))
+                                   initializer=_load_worker_rules, initargs=(str(self._rules_dir), os.getpid()))
         for _ in range(self._workers):
             pool.submit(_warm_up)
         return pool
@@ -118,10 +130,10 @@ class JudgePool:
         pool = self._pool
         chunks = [raws[i::self._workers] for i in range(self._workers) if raws[i::self._workers]]
         try:
-            answers = await asyncio.gather(*(loop.run_in_executor(pool, _judge_in_worker, c) for c in chunks))
+            answers = await asyncio.gather(*(loop.run_in_executor(pool, self._task, c) for c in chunks))
         except BrokenProcessPool:
-            # A worker died (killed, or out of memory on a hostile message). The batch's leases stay,
-            # so it is claimed again later and quarantined after three tries; new workers take over.
+            # A worker died (killed, or out of memory on a hostile message): new workers take over, and
+            # the caller finds out which message, if any, did it (`judge_alone`).
             log.error("a triage worker process died; starting new ones")
             if pool is self._pool:
                 self._pool = self._new_pool()
@@ -134,6 +146,25 @@ class JudgePool:
         results: Results = []
         for i in range(len(raws)):
             results.append(answers[i % len(chunks)][1][i // len(chunks)])
+        return results
+
+    async def judge_alone(self, raws: list[bytes], rules: RuleSet,
+                          stopping: Callable[[], bool] = lambda: False) -> Results:
+        """Every message judged alone, after a worker died on their batch: the one that kills a worker
+        again gets WorkerDied as its result (the others are judged), so only it is counted as failed.
+        A batch of one was already alone.
+
+        BrokenProcessPool is raised instead when the gateway is stopping (its SIGTERM ends workers too)."""
+        if len(raws) == 1:
+            return [WorkerDied("a triage worker process died judging this message")]
+        results: Results = []
+        for raw in raws:
+            try:
+                results += await self.judge_all([raw], rules)
+            except BrokenProcessPool:
+                if stopping():
+                    raise
+                results.append(WorkerDied("a triage worker process died judging this message"))
         return results
 
     def close(self) -> None:

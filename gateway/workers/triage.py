@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import deque
 from datetime import datetime, timedelta
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 from sqlalchemy import select
@@ -25,13 +26,16 @@ from gateway.domain.states import State
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import claim_messages, release_messages, transition
 from gateway.workers.dispatch import OUTBOX_LEASE, Job, complete_if_done, enqueue, imap_move, jobs_for, outbox_row
+from gateway.triage.rules import RuleSet
 from gateway.workers.evaluate import Batch, Evaluation, Judged, evaluate, judge, standing
-from gateway.workers.judging import JudgePool, Results, judge_each
+from gateway.workers.judging import JudgeFailed, JudgePool, Results, WorkerDied, judge_each
+from gateway.workers.quarantine import note_failure
 from gateway.workers.runtime import Runtime
 
 log = logging.getLogger("parentgate.triage")
 LEASE = timedelta(minutes=2)
 BATCH = 64
+STOP_GRACE = 0.2  # seconds
 
 
 class TriageWorker:
@@ -52,9 +56,22 @@ class TriageWorker:
         rules = self.rt.rules
         raws = [r.raw for r in rows]
         if self._pool is not None and self._judge is None:
-            return asyncio.ensure_future(self._pool.judge_all(raws, rules))
+            return asyncio.ensure_future(self._judge_in_pool(self._pool, raws, rules))
         fn = self._judge or (lambda raw: judge(raw, rules))
         return asyncio.ensure_future(asyncio.to_thread(judge_each, raws, fn))
+
+    async def _judge_in_pool(self, pool: JudgePool, raws: list[bytes], rules: RuleSet) -> Results:
+        try:
+            return await pool.judge_all(raws, rules)
+        except BrokenProcessPool:
+            # A stop's SIGTERM reaches the workers and the daemon together; give the daemon's signal
+            # handler its turn before deciding that a message, rather than the stop, killed a worker.
+            await asyncio.sleep(STOP_GRACE)
+            if self._stopping():
+                raise
+        log.warning("a triage worker died judging a batch of %d; judging them one by one to find the cause",
+                    len(raws))
+        return await pool.judge_alone(raws, rules, self._stopping)
 
     async def run_once(self, depth: int = 1) -> int:
         """Triage the oldest claimed batch of received messages; returns how many it held.
@@ -80,8 +97,8 @@ class TriageWorker:
         except BaseException:
             if self._stopping():
                 raise  # likewise
-            # A batch whose judging failed keeps its leases: claimed again once they expire, and
-            # quarantined after three tries.
+            # A batch whose judging failed as a whole (not because of one message: those failures come
+            # back per message) keeps its leases: claimed again once they expire, and not counted.
             self._ahead.popleft()
             raise
         self._ahead.popleft()
@@ -144,9 +161,11 @@ class TriageWorker:
             if row is None or row.state != State.RECEIVED.value or row.lease_owner != self.rt.owner:
                 continue
             if isinstance(result, BaseException):
-                # Leave the lease in place: the claim count rises each time, and after three the
-                # message is quarantined for a human rather than retried for ever.
+                # A real failure of this message (its judging raised, or killed a worker when judged
+                # alone): counted, and after three the message is quarantined for a human rather than
+                # retried for ever.
                 log.error("message %s could not be triaged: %s", row.id, result.__class__.__name__)
+                note_failure(session, self.rt, row, now, _why(result))
                 continue
             todo.append((row, result))
         # The whole batch in one savepoint, flushed once. Should one message fail, the savepoint is
@@ -171,9 +190,10 @@ class TriageWorker:
             try:
                 with session.begin_nested(), session.no_autoflush:
                     ev, added = apply_triage(session, self.rt, row, result, now, batch, lease=lease)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the batch
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the batch
                 log.exception("message %s could not be triaged", row.id)
                 batch.forget_reads()
+                note_failure(session, self.rt, row, now, f"writing its triage raised {exc.__class__.__name__}")
                 continue
             written += added
             evs.append(ev)
@@ -185,6 +205,14 @@ class TriageWorker:
         for ev in evs:
             if ev.ack_block is not None:
                 self.rt.metrics.acknowledgement_suppressed(ev.ack_block)
+
+
+def _why(failure: BaseException) -> str:
+    if isinstance(failure, WorkerDied):
+        return "a triage worker process died judging it"
+    if isinstance(failure, JudgeFailed):
+        return f"judging it raised {failure}"
+    return f"judging it raised {failure.__class__.__name__}"
 
 
 def _ack_key(ev: Evaluation) -> tuple[str, str] | None:

@@ -13,7 +13,8 @@ from gateway.domain.states import State
 from gateway.ingest.inbox import Incoming, insert_received
 from gateway.store.database import Database
 from gateway.store.models import EventRow, MessageRow
-from gateway.store.queue import MAX_CLAIMS, TransitionError, claim_messages, clear_leases, transition
+from gateway.store.queue import (MAX_CLAIMS, TransitionError, claim_messages, clear_leases, failed_attempt,
+                                 renew_messages, transition)
 from tests.conftest import utc
 
 NOW = utc(2026, 11, 24, 10, 0)
@@ -93,22 +94,48 @@ def test_a_failed_transaction_leaves_no_event_behind(db):
     assert [to for to, _ in trail] == ["received", "triaged"] and trail[1][1] == "2nd"
 
 
-def test_a_claim_is_a_lease_that_expires_and_a_thrice_expired_lease_quarantines(db):
+def test_a_claim_is_a_lease_that_expires_and_claims_alone_never_quarantine(db):
+    """A gateway killed in a crash loop claims batches it never works on: those claims cost nothing."""
     clock = FixedClock(NOW)
     [mid] = store(db, 1, clock)
-    for attempt in range(MAX_CLAIMS):
+    for attempt in range(MAX_CLAIMS + 2):
         rows = db.transact(lambda s: claim_messages(s, State.RECEIVED, owner="w", now=clock.now(),
-                                                    lease=timedelta(minutes=2), limit=10))
+                                                    lease=timedelta(seconds=15), limit=10))
         assert [r.id for r in rows] == [mid]
         # While the lease holds, nobody else gets the row.
         assert db.transact(lambda s: claim_messages(s, State.RECEIVED, owner="other", now=clock.now(),
-                                                    lease=timedelta(minutes=2), limit=10)) == []
-        clock.advance(timedelta(minutes=3))
-    assert db.transact(lambda s: claim_messages(s, State.RECEIVED, owner="w", now=clock.now(),
-                                                lease=timedelta(minutes=2), limit=10)) == []
+                                                    lease=timedelta(seconds=15), limit=10)) == []
+        clock.advance(timedelta(seconds=16))
     row = db.transact(lambda s: s.get(MessageRow, mid))
-    assert row.state == "quarantined"
-    assert row.raw
+    assert (row.state, row.claims) == ("received", 0)
+
+
+def test_only_failed_attempts_count_towards_quarantine(db):
+    clock = FixedClock(NOW)
+    [mid] = store(db, 1, clock)
+
+    def fail(s):
+        [row] = claim_messages(s, State.RECEIVED, owner="w", now=clock.now(), lease=timedelta(seconds=15), limit=1)
+        return failed_attempt(row), row.lease_owner
+    # Each failure drops the lease, so the message is tried again at once; the third says "quarantine".
+    assert [db.transact(fail) for _ in range(MAX_CLAIMS)] == [(False, None)] * (MAX_CLAIMS - 1) + [(True, None)]
+
+
+def test_a_renewal_extends_only_the_leases_still_ours(db):
+    clock = FixedClock(NOW)
+    a, b = store(db, 2, clock)
+    lease = timedelta(seconds=15)
+    db.transact(lambda s: claim_messages(s, State.RECEIVED, owner="w", now=NOW, lease=lease, limit=2))
+    # b's lease ran out and another gateway took it over.
+    clock.advance(timedelta(seconds=10))
+    assert db.transact(lambda s: renew_messages(s, [a], State.RECEIVED, owner="w", until=clock.now() + lease)) == [a]
+    clock.advance(timedelta(seconds=10))
+    assert [r.id for r in db.transact(lambda s: claim_messages(s, State.RECEIVED, owner="x", now=clock.now(),
+                                                               lease=lease, limit=2))] == [b]
+    assert db.transact(lambda s: renew_messages(s, [a, b], State.RECEIVED, owner="w",
+                                                until=clock.now() + lease)) == [a]
+    owners = db.transact(lambda s: {r.id: (r.lease_owner, r.lease_until) for r in s.scalars(select(MessageRow))})
+    assert owners == {a: ("w", clock.now() + lease), b: ("x", clock.now() + lease)}
 
 
 def test_clear_leases_of_one_owner_leaves_the_others(db):

@@ -73,3 +73,19 @@ def test_a_dead_worker_fails_the_batch_and_is_replaced(rules) -> None:
         asyncio.run(scenario())
     finally:
         pool.close()
+
+
+def test_a_worker_obeys_sigterm(rules) -> None:
+    """systemd's stop (SIGTERM to the whole group) ends the workers; the daemon gives their batch back."""
+    import time
+    pool = JudgePool(default_rules_dir(), workers=1)
+    try:
+        asyncio.run(pool.judge_all(_raws()[:1], rules))
+        [process] = list(pool._pool._processes.values())  # noqa: SLF001 - the worker itself
+        os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while process.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.exitcode == -signal.SIGTERM
+    finally:
+        pool.close()
