@@ -169,6 +169,7 @@ class Daemon:
         triage = TriageWorker(rt, pool=self.judges, stopping=self.stopping.is_set)
         tasks = [asyncio.create_task(self._triage_loop(triage), name="triage"),
                  asyncio.create_task(delivery.run(), name="delivery")]
+        leases = asyncio.create_task(triage.keep_leases(), name="triage-leases")
         jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt))
         jobs.start()
         imap.start()
@@ -203,6 +204,7 @@ class Daemon:
             pass
         await asyncio.gather(*tasks, watch, return_exceptions=True)
         notifier.close()
+        leases.cancel()
         try:
             await delivery.release_handed()
         except Exception:  # noqa: BLE001 - the leases then expire, as after a crash

@@ -2,6 +2,13 @@
 
 Temporary failures are deferred with capped backoff until the lifetime is over, then fail with a notice
 to the postmaster; permanent failures fail at once with a notice. Nothing is dropped.
+
+Delivered means recorded: each outcome is committed as soon as the database is free (outcomes that
+finish while a commit is running go together in the next one), apart from any claim, so a SIGKILL
+can repeat only a delivery whose 250 had arrived and whose commit had not yet been made. Leases are
+short (`OUTBOX_LEASE`) and renewed every `RENEW_EVERY` while a row is handed over, in flight or
+awaiting its record, so another gateway sharing the database takes over a dead one's rows within
+seconds; an outcome is recorded only for a row still ours (see `_record`).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
+import dataclasses
 from collections import deque
 from datetime import datetime
 from typing import Awaitable, Callable
@@ -24,12 +32,13 @@ from gateway.decide.retry import RetryPolicy, next_attempt
 from gateway.domain.states import OutboxState, State
 from gateway.ops.logs import kv
 from gateway.store import memory
+from gateway.store.database import URGENT
 from gateway.store.models import MessageRow, OutboxRow
-from gateway.store.queue import claim_outbox, release_outbox, transition
+from gateway.store.queue import claim_outbox, release_outbox, renew_outbox, transition
 from gateway.triage.facts import parse_message
 from gateway.workers.bounce import failed_recipients, report_failure
-from gateway.workers.dispatch import (DELIVERY_KINDS, OUTBOX_LEASE, Job, complete_from_rows, jobs_for,
-                                     outbox_row)
+from gateway.workers.dispatch import (DELIVERY_KINDS, OUTBOX_LEASE, RENEW_EVERY, Job, complete_from_rows,
+                                     jobs_for, outbox_row)
 from gateway.workers.runtime import Runtime, Wakeup
 
 log = logging.getLogger("parentgate.delivery")
@@ -55,6 +64,13 @@ class DeliveryWorker:
         self._handed: deque[Job] = deque()
         self._claim_wanted = True
         self._next_sweep = 0.0
+        # Attempts in progress, and finished attempts whose outcome is not committed yet (by outbox id):
+        # their leases are renewed until the record is made.
+        self._in_flight: dict[int, Job] = {}
+        self._outcomes: list[tuple[Job, Outcome]] = []
+        self._unrecorded: dict[int, Job] = {}
+        self._to_record = Wakeup()
+        self._record_done = False
 
     def hand_over(self, jobs: list[Job]) -> None:
         self._handed.extend(jobs)
@@ -88,14 +104,11 @@ class DeliveryWorker:
             return 0
         return room if not self._handed else max(1, room // 2)
 
-    async def fill(self, room: int, finished: list[tuple[Job, Outcome]] | None = None) -> list[Job]:
-        """Jobs to start in `room` free slots: claimed rows first (their claim in one transaction with
-        the outcomes of `finished`, if any), then handed rows."""
+    async def fill(self, room: int) -> list[Job]:
+        """Jobs to start in `room` free slots: claimed rows first, then handed rows."""
         share = self._claim_share(room)
         jobs: list[Job] = []
-        if finished:
-            jobs = await self._claim_with(lambda s: self._record_and_claim(s, finished, share), share)
-        elif share:
+        if share:
             jobs = await self._claim_with(lambda s: _claim(s, self.rt, share), share)
         return jobs + self._take_handed(room - len(jobs))
 
@@ -129,31 +142,104 @@ class DeliveryWorker:
         return total
 
     async def run(self) -> None:
-        """Until stopped: keep up to `concurrency` attempts in flight; record outcomes in groups."""
+        """Until stopped: keep up to `concurrency` attempts in flight; each outcome is recorded at once."""
         in_flight: dict[asyncio.Task[Outcome], Job] = {}
+        recorder = asyncio.create_task(self._record_outcomes(), name="delivery-record")
+        keeper = asyncio.create_task(self._keep_leases(), name="delivery-leases")
 
         def start(jobs: list[Job]) -> None:
             for job in jobs:
                 in_flight[asyncio.create_task(self._attempt(job))] = job
+                self._in_flight[job.outbox_id] = job
 
-        while not (self._stopping and not in_flight):
-            self.rt.metrics.tick("delivery")
-            limit = self.rt.config.delivery.concurrency
-            if not self._stopping:
-                start(await self.fill(limit - len(in_flight)))
-            if not in_flight:
-                await self.wakeup.wait(1.0)
-                continue
-            waker = asyncio.create_task(self.wakeup.wait(1.0))
-            done, _ = await asyncio.wait([*in_flight, waker], return_when=asyncio.FIRST_COMPLETED)
-            if waker not in done:
-                waker.cancel()
-            # Iterate over our own tasks (not `done`, which also holds the wake-up task).
-            finished = [(in_flight.pop(task), task.result()) for task in [t for t in in_flight if t in done]]
-            if finished:
-                # The outcomes and the next claim in one transaction: one commit (one disk flush)
-                # instead of two.
-                start(await self.fill(0 if self._stopping else limit - len(in_flight), finished))
+        try:
+            while not (self._stopping and not in_flight):
+                self.rt.metrics.tick("delivery")
+                limit = self.rt.config.delivery.concurrency
+                if not self._stopping:
+                    start(await self.fill(limit - len(in_flight)))
+                if not in_flight:
+                    await self.wakeup.wait(1.0)
+                    continue
+                waker = asyncio.create_task(self.wakeup.wait(1.0))
+                done, _ = await asyncio.wait([*in_flight, waker], return_when=asyncio.FIRST_COMPLETED)
+                if waker not in done:
+                    waker.cancel()
+                # Iterate over our own tasks (not `done`, which also holds the wake-up task).
+                for task in [t for t in in_flight if t in done]:
+                    job = in_flight.pop(task)
+                    self._finished(job, task.result())
+        finally:
+            # The outcomes still waiting are committed before the worker ends.
+            self._record_done = True
+            self._to_record.set()
+            keeper.cancel()
+            await asyncio.gather(recorder, keeper, return_exceptions=True)
+
+    def _finished(self, job: Job, outcome: Outcome) -> None:
+        """An attempt's outcome, for the recorder; its slot is free for the next attempt at once."""
+        self._in_flight.pop(job.outbox_id, None)
+        self._unrecorded[job.outbox_id] = job
+        self._outcomes.append((job, outcome))
+        self._to_record.set()
+
+    async def _record_outcomes(self) -> None:
+        """Commit outcomes as they come: one transaction for all those waiting (a group commit, bounded
+        by how long the previous commit took), ahead of the triage and claim work queued for the
+        database (the intake's priority), never together with a claim."""
+        while True:
+            await self._to_record.wait(1.0)
+            await self._flush_outcomes()
+            if self._record_done and not self._outcomes:
+                return
+
+    async def _flush_outcomes(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self.rt.db.run(lambda s: self._record(s, batch), priority=URGENT)
+            except Exception:  # noqa: BLE001 - one unrecordable outcome must not hold up the others
+                log.exception("recording %d delivery outcome(s) failed; recording them one by one", len(batch))
+                for one in batch:
+                    try:
+                        await self.rt.db.run(lambda s, one=one: self._record(s, [one]), priority=URGENT)
+                    except Exception:  # noqa: BLE001 - its lease expires and it is attempted again
+                        log.exception("outbox %s: the outcome could not be recorded", one[0].outbox_id)
+            for job, _ in batch:
+                self._unrecorded.pop(job.outbox_id, None)
+
+    async def _keep_leases(self) -> None:
+        """Every RENEW_EVERY: renew the leases of rows handed over, in flight, or awaiting their record.
+
+        A handed row whose lease is no longer ours is dropped (another gateway took it over); an
+        attempt in flight whose lease was lost is logged, and its outcome not recorded (`_record`)."""
+        while True:
+            await asyncio.sleep(RENEW_EVERY.total_seconds())
+            try:
+                await self.renew_leases()
+            except Exception:  # noqa: BLE001 - a database hiccup: the next round tries again
+                log.exception("renewing the outbox leases failed")
+
+    async def renew_leases(self) -> int:
+        handed = {job.outbox_id for job in self._handed}
+        ids = sorted(handed | set(self._in_flight) | set(self._unrecorded))
+        if not ids:
+            return 0
+        owner, until = self.rt.owner, self.rt.clock.now() + LEASE
+        mine = set(await self.rt.db.run(lambda s: renew_outbox(s, ids, owner=owner, until=until), priority=URGENT))
+        kept: deque[Job] = deque()
+        for job in self._handed:
+            if job.outbox_id in mine:
+                kept.append(dataclasses.replace(job, lease_until=until))
+            elif job.outbox_id in handed:
+                log.warning("outbox %s: lease lost before the attempt; left to the gateway that holds it",
+                            job.outbox_id)
+        # Jobs handed over during the renewal (not in `ids`) are kept as they are.
+        kept.extend(job for job in self._handed if job.outbox_id not in handed)
+        self._handed = kept
+        for lost in (set(self._in_flight) | set(self._unrecorded)) - mine:
+            log.warning("outbox %s: lease lost while the attempt was in progress", lost)
+        return len(mine)
 
     async def release_handed(self) -> int:
         """On stopping: rows handed over but never attempted lose their lease, for the next claim."""
@@ -179,10 +265,6 @@ class DeliveryWorker:
             log.exception("outbox %s: delivery attempt raised", job.outbox_id)
             return Outcome(ok=False, temporary=True, detail=f"internal error: {exc.__class__.__name__}")
 
-    def _record_and_claim(self, session: Session, results: list[tuple[Job, Outcome]], room: int) -> list[Job]:
-        self._record(session, results)
-        return _claim(session, self.rt, room)
-
     def _record(self, session: Session, results: list[tuple[Job, Outcome]]) -> None:
         now = self.rt.clock.now()
         rows, messages, siblings = _load_for_record(session, [job.outbox_id for job, _ in results])
@@ -190,6 +272,13 @@ class DeliveryWorker:
         for job, outcome in results:
             row = rows.get(job.outbox_id)
             if row is None or row.state not in (OutboxState.PENDING.value, OutboxState.DEFERRED.value):
+                continue
+            if row.lease_owner not in (None, self.rt.owner):
+                # Our lease ran out and another gateway took the row over: it is that gateway's to
+                # attempt and record. Ours may have been delivered too (at least once, see the module).
+                log.warning("outbox %s (message %s): lease lost to another gateway before the outcome "
+                            "(%s) was recorded; not recorded here", row.id, row.message,
+                            "sent" if outcome.ok else "failed")
                 continue
             row.lease_owner, row.lease_until = None, None
             row.attempts += 1
@@ -260,8 +349,12 @@ def _load_for_record(session: Session, outbox_ids: list[int]) -> tuple[
     here has to flush; later changes are made to these same objects."""
     # Recording an outcome reads states and writes a few columns: the bytes and the findings of the
     # messages (and the payloads of replies) are left in the database unless a notice needs them.
-    rows = {r.id: r for r in session.scalars(select(OutboxRow).where(OutboxRow.id.in_(outbox_ids)).options(
-        defer(OutboxRow.payload)))}
+    query = select(OutboxRow).where(OutboxRow.id.in_(outbox_ids)).options(defer(OutboxRow.payload))
+    if session.get_bind().dialect.name == "postgresql":
+        # Locked (in id order, as every renewal locks them) so that the lease owner read here is still
+        # the owner at the commit: another gateway's claim skips these rows meanwhile.
+        query = query.order_by(OutboxRow.id).with_for_update(of=OutboxRow)
+    rows = {r.id: r for r in session.scalars(query)}
     message_ids = sorted({r.message for r in rows.values()})
     messages = {m.id: m for m in session.scalars(select(MessageRow).where(MessageRow.id.in_(message_ids)).options(
         defer(MessageRow.raw), defer(MessageRow.reasons), defer(MessageRow.flags)))}

@@ -22,7 +22,10 @@ from gateway.store.queue import transition
 
 DELIVERY_KINDS = ("deliver", "copy", "imap_move")
 # How long a claimed outbox row stays ours: a claim, or a row handed from triage straight to delivery.
-OUTBOX_LEASE = timedelta(minutes=5)
+# Short, so that a surviving gateway takes over a dead one's rows within seconds; the delivery worker
+# renews it every RENEW_EVERY while the row is handed over, in flight or awaiting its record.
+OUTBOX_LEASE = timedelta(seconds=15)
+RENEW_EVERY = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)

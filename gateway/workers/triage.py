@@ -24,7 +24,8 @@ from gateway.decide.acknowledge import closure_for_reply, make_message_id, templ
 from gateway.domain.addresses import reply_address
 from gateway.domain.states import State
 from gateway.store.models import MessageRow, OutboxRow
-from gateway.store.queue import claim_messages, release_messages, transition
+from gateway.store.database import URGENT
+from gateway.store.queue import claim_messages, release_messages, renew_messages, transition
 from gateway.workers.dispatch import OUTBOX_LEASE, Job, complete_if_done, enqueue, imap_move, jobs_for, outbox_row
 from gateway.triage.rules import RuleSet
 from gateway.workers.evaluate import Batch, Evaluation, Judged, evaluate, judge, standing
@@ -33,7 +34,10 @@ from gateway.workers.quarantine import note_failure
 from gateway.workers.runtime import Runtime
 
 log = logging.getLogger("parentgate.triage")
-LEASE = timedelta(minutes=2)
+# Short, so that a surviving gateway takes over a dead one's batch within seconds; renewed every
+# RENEW_EVERY while the batch is in hand (claimed ahead, being judged, or being written).
+LEASE = timedelta(seconds=15)
+RENEW_EVERY = timedelta(seconds=5)
 BATCH = 64
 STOP_GRACE = 0.2  # seconds
 
@@ -126,6 +130,31 @@ class TriageWorker:
         owner = self.rt.owner
         return await self.rt.db.run(lambda s: release_messages(s, ids, State.RECEIVED, owner))
 
+    async def keep_leases(self) -> None:
+        """Until cancelled: renew the leases of the batches in hand every RENEW_EVERY."""
+        while True:
+            await asyncio.sleep(RENEW_EVERY.total_seconds())
+            try:
+                await self.renew_leases()
+            except Exception:  # noqa: BLE001 - a database hiccup: the next round tries again
+                log.exception("renewing the triage leases failed")
+
+    async def renew_leases(self) -> int:
+        """Extend the leases still ours on the batches in hand. A batch claimed ahead whose lease was
+        taken over by another gateway is dropped; one being judged is written only where the lease is
+        still ours (`_apply_all` checks under a row lock)."""
+        ids = [r.id for r in self._next] + [r.id for rows, _ in self._ahead for r in rows]
+        if not ids:
+            return 0
+        owner, until = self.rt.owner, self.rt.clock.now() + LEASE
+        mine = set(await self.rt.db.run(lambda s: renew_messages(s, ids, State.RECEIVED, owner=owner, until=until),
+                                        priority=URGENT))
+        lost = [i for i in ids if i not in mine]
+        if lost:
+            log.warning("triage leases lost on %d message(s) (taken over, or already written)", len(lost))
+            self._next = [r for r in self._next if r.id in mine or r.id not in ids]
+        return len(mine)
+
     async def run_until_idle(self) -> int:
         total = 0
         while n := await self.run_once():
@@ -153,7 +182,12 @@ class TriageWorker:
         now = self.rt.clock.now()
         lease = now + OUTBOX_LEASE if self.rt.hand_over is not None else None
         written: list[OutboxRow] = []
-        rows = {r.id: r for r in session.scalars(select(MessageRow).where(MessageRow.id.in_(ids)))}
+        query = select(MessageRow).where(MessageRow.id.in_(ids))
+        if session.get_bind().dialect.name == "postgresql":
+            # Locked in id order (as renewals lock them), so the lease owner checked below is still the
+            # owner at the commit: another gateway's claim skips these rows meanwhile.
+            query = query.order_by(MessageRow.id).with_for_update(of=MessageRow)
+        rows = {r.id: r for r in session.scalars(query)}
         before = {message_id: standing(row) for message_id, row in rows.items()}
         todo: list[tuple[MessageRow, Judged]] = []
         for message_id, result in zip(ids, judged):

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from gateway.clock import FixedClock
 from gateway.store.models import OutboxRow
+from gateway.workers.dispatch import OUTBOX_LEASE
 from tests.conftest import utc
 from tests.support import STAFF, InProcessGateway, message, write_config
 
@@ -28,7 +29,7 @@ async def test_rows_written_by_triage_are_leased_and_handed_over_without_a_claim
         assert await gw.triage.run_until_idle() == 3
         rows = outbox(gw)
         assert [(r.state, r.lease_owner) for r in rows] == [("pending", gw.rt.owner)] * 3
-        assert all(r.lease_until == NOW + timedelta(minutes=5) for r in rows)
+        assert all(r.lease_until == NOW + OUTBOX_LEASE for r in rows)
         # Nothing is left for a claim: the rows are leased to this gateway's delivery worker.
         assert await gw.rt.db.run(lambda s: s.scalar(select(OutboxRow.id).where(OutboxRow.lease_owner.is_(None)))) \
             is None
