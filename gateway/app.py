@@ -54,6 +54,13 @@ def load_config(path: Path | str) -> tuple[Config, RuleSet]:
     return config_mod.load(path), RuleSet(digest="")
 
 
+def lease_owner(config: Config) -> str:
+    """This gateway's name on its leases: stable across its restarts, different from every other
+    gateway's (another configuration file or listening address) sharing the database."""
+    identity = hashlib.sha256(f"{config.path}|{config.smtp.host}:{config.smtp.port}".encode()).hexdigest()[:12]
+    return make_owner(identity)
+
+
 class StartupError(Exception):
     """The daemon or a command cannot start (database unreachable, port in use): one line for the operator."""
 
@@ -74,9 +81,8 @@ def build_runtime(config: Config, rules: RuleSet, *, clock: Clock | None = None,
         db = Database(config.gateway.database, migrate=migrate)
     except Exception as exc:  # noqa: BLE001 - any failure here means the gateway cannot start
         raise StartupError(f"cannot open the database {safe_url(config.gateway.database)}: {one_line(exc)}") from exc
-    identity = hashlib.sha256(f"{config.path}|{config.smtp.host}:{config.smtp.port}".encode()).hexdigest()[:12]
     return Runtime(db=db, clock=clock or SystemClock(), config=config, rules=rules,
-                   templates_dir=rules_dir(config) / "templates", owner=make_owner(identity))
+                   templates_dir=rules_dir(config) / "templates", owner=lease_owner(config))
 
 
 def delivery_transport(config: Config) -> Transport:

@@ -237,7 +237,9 @@ class DeliveryWorker:
         # Jobs handed over during the renewal (not in `ids`) are kept as they are.
         kept.extend(job for job in self._handed if job.outbox_id not in handed)
         self._handed = kept
-        for lost in (set(self._in_flight) | set(self._unrecorded)) - mine:
+        # Rows finished meanwhile are not renewed because they are done; only an attempt still in
+        # progress can have lost its lease.
+        for lost in sorted(set(ids) & set(self._in_flight) - mine):
             log.warning("outbox %s: lease lost while the attempt was in progress", lost)
         return len(mine)
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from gateway.clock import FixedClock
-from gateway.store.models import OutboxRow
-from gateway.workers.dispatch import OUTBOX_LEASE
+from gateway.store.models import MessageRow, OutboxRow
+from gateway.workers.dispatch import OUTBOX_LEASE, jobs_for
 from tests.conftest import utc
 from tests.support import STAFF, InProcessGateway, message, write_config
 
@@ -70,5 +70,34 @@ async def test_a_due_retry_shares_the_room_with_handed_mail_and_everything_arriv
         subjects = [r.message["Subject"] for r in sink.to(STAFF)]
         assert sorted(subjects) == sorted(["First try deferred"] + [f"Fresh {i}" for i in range(6)])
         assert {r.state for r in outbox(gw)} == {"sent"}
+    finally:
+        await gw.stop()
+
+
+async def test_a_lost_lease_is_neither_renewed_nor_recorded_as_sent(tmp_path, sink):
+    """Another gateway took a row over after our lease ran out: our renewal leaves it alone, a handed
+    row is dropped from memory, and a late 250 of ours is not recorded (the row is the other's)."""
+    from sqlalchemy import update
+
+    cfg = write_config(tmp_path, sink_port=sink.port, extra="[acknowledge]\nenabled = false\n")
+    gw = await InProcessGateway(cfg, FixedClock(NOW)).start()
+    try:
+        for i in range(2):
+            assert (await gw.send(message(subject=f"Lease {i}")))[0] == 250
+        assert await gw.triage.run_until_idle() == 2
+        kept, lost = outbox(gw)
+        await gw.rt.db.run(lambda s: s.execute(update(OutboxRow).where(OutboxRow.id == lost.id).values(
+            lease_owner="other-gateway")))
+        gw.clock.advance(timedelta(seconds=5))
+        assert await gw.delivery.renew_leases() == 1
+        [job] = await gw.delivery.fill(10)
+        assert job.outbox_id == kept.id and job.lease_until == NOW + timedelta(seconds=5) + OUTBOX_LEASE
+        # Our attempt at the lost row (made before the takeover) gets its 250 late.
+        [late] = await gw.rt.db.run(lambda s: jobs_for([s.get(OutboxRow, lost.id)],
+                                                       {lost.message: s.get(MessageRow, lost.message)}, "gw"))
+        outcomes = [await gw.delivery._attempt(j) for j in (job, late)]
+        await gw.rt.db.run(lambda s: gw.delivery._record(s, list(zip([job, late], outcomes))))
+        rows = {r.id: (r.state, r.lease_owner) for r in outbox(gw)}
+        assert rows == {kept.id: ("sent", None), lost.id: ("pending", "other-gateway")}
     finally:
         await gw.stop()
