@@ -149,15 +149,21 @@ class DeliveryWorker:
 
         def start(jobs: list[Job]) -> None:
             for job in jobs:
-                in_flight[asyncio.create_task(self._attempt(job))] = job
+                task = asyncio.create_task(self._attempt(job))
+                in_flight[task] = job
                 self._in_flight[job.outbox_id] = job
+                # The outcome goes to the recorder the moment the attempt ends, even while this loop
+                # waits for a claim.
+                task.add_done_callback(lambda t, job=job: t.cancelled() or self._finished(job, t.result()))
 
         try:
             while not (self._stopping and not in_flight):
                 self.rt.metrics.tick("delivery")
                 limit = self.rt.config.delivery.concurrency
                 if not self._stopping:
-                    start(await self.fill(limit - len(in_flight)))
+                    # An attempt holds its slot until its outcome is committed, so that the deliveries a
+                    # SIGKILL can repeat (sent, not yet recorded) never exceed `concurrency`.
+                    start(await self.fill(limit - len(in_flight) - len(self._unrecorded)))
                 if not in_flight:
                     await self.wakeup.wait(1.0)
                     continue
@@ -165,10 +171,10 @@ class DeliveryWorker:
                 done, _ = await asyncio.wait([*in_flight, waker], return_when=asyncio.FIRST_COMPLETED)
                 if waker not in done:
                     waker.cancel()
-                # Iterate over our own tasks (not `done`, which also holds the wake-up task).
+                # Our own tasks (not `done`, which also holds the wake-up task); their outcomes went to
+                # the recorder already.
                 for task in [t for t in in_flight if t in done]:
-                    job = in_flight.pop(task)
-                    self._finished(job, task.result())
+                    del in_flight[task]
         finally:
             # The outcomes still waiting are committed before the worker ends.
             self._record_done = True
@@ -207,6 +213,7 @@ class DeliveryWorker:
                         log.exception("outbox %s: the outcome could not be recorded", one[0].outbox_id)
             for job, _ in batch:
                 self._unrecorded.pop(job.outbox_id, None)
+            self.wakeup.set()  # their slots are free
 
     async def _keep_leases(self) -> None:
         """Every RENEW_EVERY: renew the leases of rows handed over, in flight, or awaiting their record.

@@ -40,6 +40,7 @@ def test_crash_loop_delivers_every_250_quarantines_nothing_and_leaves_no_orphans
                        extra=CONFIG_EXTRA)
     daemon = Daemon(cfg, port, tmp_path / "daemon.log").start()
     recorded = Recorded(database_url)
+    started = time.monotonic()
     senders = Senders(port, N, threads=8, label="loop")
     in_flight: list[int] = []
     oldest_ms: list[float] = []
@@ -59,9 +60,10 @@ def test_crash_loop_delivers_every_250_quarantines_nothing_and_leaves_no_orphans
             # The dead daemon can record nothing more: what the downstream accepted and the database
             # does not say was sent is exactly what was in flight at the kill.
             sent = recorded.sent()
-            unrecorded = [(ref, t) for _, ref, t in sink.snapshot() if ref not in sent]
+            unrecorded = [(ref, t) for _, ref, t in sink.snapshot() if ref not in sent and t >= started]
             in_flight.append(len({ref for ref, _ in unrecorded}))
             oldest_ms += [(at - t) * 1000 for _, t in unrecorded]
+            started = time.monotonic()
             daemon.start()
         accepted = senders.join(timeout=180)
         assert len(accepted) == N
