@@ -249,7 +249,8 @@ def _show(config: Config, rules: Any, args: argparse.Namespace) -> int:
     r = get_message(rt, args.id)
     if r is None:
         raise UsageError(f"no message {args.id}")
-    print(f"message {r.id} ({r.school}): {r.state}, route {r.route}, family {escape(r.family or '-')}")
+    print(f"message {r.id} ({r.school}): {r.state}, route {r.route}, sender {r.sender_class or '-'}, "
+          f"family {escape(r.family or '-')}")
     print(f"  from {escape(r.mail_from or '<>')} to {escape(', '.join(r.rcpts))}, received {_fmt(r.received_at, config)}"
           + (f", release {_fmt(r.release_at, config)}" if r.release_at else ""))
     for rule, evidence in r.reasons:

@@ -41,6 +41,7 @@ class MessageSummary:
     reasons: tuple[tuple[str, str], ...]
     family: str | None
     note: str | None
+    sender_class: str | None = None
 
 
 def _summary(row: MessageRow) -> MessageSummary:
@@ -48,7 +49,7 @@ def _summary(row: MessageRow) -> MessageSummary:
         id=row.id, school=row.school, state=row.state, route=row.route, mail_from=row.mail_from,
         rcpts=tuple(row.rcpt_tos), received_at=row.received_at, release_at=row.release_at,
         flags=tuple(row.flags or ()), reasons=tuple((r.get("rule", ""), r.get("evidence", "")) for r in row.reasons or ()),
-        family=row.family, note=row.note)
+        family=row.family, note=row.note, sender_class=row.sender_class)
 
 
 def list_messages(rt: Runtime, state: str | None = None, limit: int = 500) -> list[MessageSummary]:

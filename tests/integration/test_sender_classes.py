@@ -94,6 +94,12 @@ async def test_staff_trust_and_supplier_mail_pass_through_untouched_at_the_weeke
             assert f"sender {sender_class}" in triaged and rule in triaged
             assert queued == "passed through untouched"
 
+        # The operator sees why: `parentgate show` names the class and the passthrough reason.
+        shown = subprocess.run([sys.executable, "-m", "gateway", "--config", str(gw.config_path), "show",
+                                str(stored[HEAD].id)], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert "route staff, sender internal" in shown.stdout and "reason internal-sender" in shown.stdout
+
         held = stored["amina.khan@example.com"]
         assert held.state == "held" and held.release_at == MONDAY_8AM and held.sender_class == "family"
         assert held.counted == 1 and sink.to(STAFF) and len(sink.to("amina.khan@example.com")) == 1
