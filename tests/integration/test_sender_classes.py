@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from sqlalchemy import select
 from gateway.clock import FixedClock
 from gateway.store.models import EventRow, MessageRow
 from tests.conftest import utc
-from tests.support import DOMAIN, HEAD, OFFICE, STAFF, InProcessGateway, Sink, message, school_calendar, wire, \
-    write_config
+from tests.integration.dovecot import Dovecot, dovecot  # noqa: F401 - a fixture
+from tests.support import DOMAIN, HEAD, OFFICE, STAFF, InProcessGateway, Sink, message, school_calendar, wait_for, \
+    wire, write_config
 
 FINANCE = f"finance@{DOMAIN}"
 TRUST = "ceo@oakfield-trust.example.org"
@@ -27,6 +29,7 @@ PASSTHROUGH = ('[schools.passthrough]\ndomains = ["oakfield-trust.example.org"]\
 # Saturday 28 November 2026, 10:00: a weekend in term, so a parent's mail waits for Monday 08:00.
 SATURDAY = utc(2026, 11, 28, 10, 0)
 MONDAY_8AM = utc(2026, 11, 30, 8, 0)
+HELD = "Held until school opens"
 
 
 def import_families(cfg: Path) -> None:
@@ -193,3 +196,45 @@ def test_triage_json_says_which_sender_class_applied(tmp_path: Path) -> None:
     for name in ("family", "unknown"):
         assert got[name]["deliver_at"] == MONDAY_8AM.isoformat() and got[name]["acknowledge"] is True
     assert got["family"]["family"] == "F-KHAN"
+
+
+@pytest.mark.dovecot
+@pytest.mark.timeout(120)
+async def test_in_imap_mode_a_colleagues_mail_stays_in_the_inbox_while_a_parents_is_held(tmp_path: Path, sink: Sink,
+                                                                                         dovecot: Dovecot) -> None:
+    from imapclient import IMAPClient
+
+    def exists(folder: str) -> int:
+        with IMAPClient("127.0.0.1", port=dovecot.port, ssl=False, timeout=10) as c:
+            c.login("alice", dovecot.users["alice"])
+            return int(c.select_folder(folder, readonly=True)[b"EXISTS"]) if c.folder_exists(folder) else -1
+
+    mailbox = (f'[[imap.mailboxes]]\nname = "alice"\nschool = "oakfield"\nhost = "127.0.0.1"\n'
+               f'port = {dovecot.port}\ntls = "none"\nusername = "alice"\npassword = "{dovecot.users["alice"]}"\n'
+               f'backfill_since = 2020-01-01\n')
+    cfg = write_config(tmp_path, sink_port=sink.port, calendar=school_calendar(), extra=mailbox)
+    gw = await InProcessGateway(cfg, FixedClock(SATURDAY), imap=True).start()
+    try:
+        assert await wait_for(lambda: exists(HELD) == 0, 10), "the held folder is created on connect"
+        with IMAPClient("127.0.0.1", port=dovecot.port, ssl=False, timeout=10) as c:
+            c.login("alice", dovecot.users["alice"])
+            c.append("INBOX", wire(message(f"Mrs Palmer <{HEAD}>", f"alice@{DOMAIN}", "Rota", "Rota change.\n")))
+            c.append("INBOX", wire(message("someone@example.net", f"alice@{DOMAIN}", "PE kit", "PE on Monday?\n")))
+
+        async def both_done() -> bool:
+            await gw.settle()
+            return len(gw.messages()) == 2 and exists(HELD) == 1
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not await both_done():
+            assert loop.time() < deadline, "the two messages were not triaged and placed"
+            await asyncio.sleep(0.1)
+        assert exists("INBOX") == 1
+        by_class = {r.sender_class: r for r in gw.messages()}
+        assert by_class["internal"].state == "delivered" and by_class["unknown"].state == "held"
+        # Only the stranger is acknowledged, as a sender, not as a parent.
+        assert sink.to(HEAD) == [] and len(sink.to("someone@example.net")) == 1
+        assert "Dear sender," in sink.to("someone@example.net")[0].message.get_body(("plain",)).get_content()
+    finally:
+        await gw.stop()
