@@ -13,7 +13,7 @@ from datetime import datetime
 from gateway.decide.plan import Delivery, Plan
 from gateway.domain.calendar import SchoolCalendar
 from gateway.domain.findings import Flag, Reason, Route
-from gateway.domain.senders import SenderClass, domain_of
+from gateway.domain.senders import SenderClass, domain_of, in_domains
 from gateway.domain.states import State
 
 
@@ -22,7 +22,7 @@ def passthrough_reason(sender_class: SenderClass, *, sender: str, rcpts: tuple[s
     """The reason the message passes through untouched, or None when the policy applies to it."""
     if sender_class is SenderClass.INTERNAL:
         domain = domain_of(sender)
-        whose = "the school's own domain" if domain in own_domains else "a passthrough domain"
+        whose = "the school's own domain" if in_domains(domain, own_domains) else "a passthrough domain"
         return Reason("internal-sender", Flag.PASSTHROUGH, f"{domain or 'the sender'} is {whose}")
     if rcpts and all(r.lower() in passthrough_recipients for r in rcpts):
         return Reason("passthrough-recipient", Flag.PASSTHROUGH, ", ".join(sorted({r.lower() for r in rcpts})))

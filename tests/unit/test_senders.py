@@ -64,6 +64,8 @@ def test_internal_mail_passes_with_the_domain_as_evidence() -> None:
     assert own is not None and own.rule == "internal-sender" and own.flag is Flag.PASSTHROUGH
     assert "school's own domain" in own.evidence
     assert trust is not None and "passthrough domain" in trust.evidence
+    portal = reason(SenderClass.INTERNAL, sender=f"noreply@portal.{DOMAIN}")
+    assert portal is not None and "school's own domain" in portal.evidence
 
 
 def test_mail_only_to_passthrough_recipients_passes_whoever_sent_it() -> None:
