@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import config as config_mod
 from gateway.act.maildir import MaildirTransport
@@ -34,6 +35,9 @@ from gateway.workers.judging import JudgePool
 from gateway.workers.release import release_all_due
 from gateway.workers.runtime import Runtime, Wakeup, make_owner
 from gateway.workers.triage import TriageWorker
+
+if TYPE_CHECKING:
+    from gateway.web.server import ConsoleServer
 
 log = logging.getLogger("parentgate")
 
@@ -148,6 +152,7 @@ class Daemon:
                                f"{exc.strerror or one_line(exc)}") from None
         try:
             ops = await self._start_ops(server, listen)
+            console = await start_console(rt, server)
         except StartupError:
             await inbox.stop()
             raise
@@ -194,6 +199,8 @@ class Daemon:
         await server.wait_closed()
         if ops is not None:
             await ops.close()
+        if console is not None:
+            await console.close()
         jobs.shutdown()
         await imap.stop()
         await inbox.stop()
@@ -244,3 +251,25 @@ class Daemon:
 
     async def _release(self) -> int:
         return await release_all_due(self.rt)
+
+
+async def start_console(rt: Runtime, server: asyncio.Server | None = None) -> "ConsoleServer | None":
+    """The Head of School's console, when [console] asks for it; a port in use stops the start-up."""
+    if rt.config.console is None:
+        return None
+    from gateway.web.server import ConsoleServer
+    console = ConsoleServer(rt, delivery_transport(rt.config))
+    try:
+        await console.start()
+    except OSError as exc:
+        if server is not None:
+            server.close()
+        c = rt.config.console
+        raise StartupError(f"cannot serve the console on {c.host}:{c.port}: {exc.strerror or one_line(exc)}") from None
+    return console
+
+
+async def console_alone(rt: Runtime) -> int:
+    """`parentgate console`: the console without the mail pipeline (another host, a shared database)."""
+    from gateway.web.server import serve_alone
+    return await serve_alone(rt, delivery_transport(rt.config))

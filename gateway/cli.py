@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         return parser
 
     command(sub, "run", "run the daemon: SMTP listener, triage, release and delivery, until SIGTERM")
+    command(sub, "console", "serve the Head of School's web console alone ([console] in the configuration)")
     command(sub, "check-config", "validate the configuration file and the rules, then exit")
     cal = command(sub, "calendar", "show which days each school is open or closed, and why")
     cal.add_argument("--school", help="one school's id (default: every school)")
@@ -167,6 +168,13 @@ def _run(config: Config, rules: Any, args: argparse.Namespace) -> int:
     from gateway.app import Daemon
     rt = _runtime(config, rules)
     return asyncio.run(Daemon(config.path, rt).run())
+
+
+def _console(config: Config, rules: Any, args: argparse.Namespace) -> int:
+    from gateway.app import console_alone
+    if config.console is None:
+        raise UsageError("the configuration has no [console] table")
+    return asyncio.run(console_alone(_runtime(config, rules)))
 
 
 def _calendar(config: Config, args: argparse.Namespace) -> int:
@@ -337,6 +345,6 @@ def _imap(config: Config, rules: Any, args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Callable[[Config, Any, argparse.Namespace], int]] = {
-    "run": _run, "held": _held, "release": _release, "queue": _queue, "requeue": _requeue, "show": _show,
+    "run": _run, "console": _console, "held": _held, "release": _release, "queue": _queue, "requeue": _requeue, "show": _show,
     "db": _db, "triage": _triage, "families": _families, "review": _review, "imap": _imap,
 }

@@ -15,6 +15,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.console_config import ConsoleConfig, read_console
 from gateway.config_reader import (ADDRESS, ConfigError, Table, parse_clock, parse_duration, read_address,
                                    read_duration, read_positive, resolve_path, split_hostport)
 from gateway.domain.calendar import HalfTerm, SchoolCalendar
@@ -162,6 +163,7 @@ class Config:
     mailboxes: tuple[MailboxConfig, ...]
     submission: SubmissionConfig | None
     metrics: MetricsConfig | None = None
+    console: ConsoleConfig | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -301,9 +303,12 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     root.seen.add("submission")
     metrics = _metrics(root.table("metrics")) if "metrics" in data else None
     root.seen.add("metrics")
+    console = read_console(root.table("console"), {s.id for s in schools}) if "console" in data else None
+    root.seen.add("console")
     root.finish()
     return Config(path=path, gateway=gateway, smtp=smtp, delivery=delivery, acknowledge=acknowledge,
-                  limits=limits, schools=schools, mailboxes=mailboxes, submission=submission, metrics=metrics)
+                  limits=limits, schools=schools, mailboxes=mailboxes, submission=submission, metrics=metrics,
+                  console=console)
 
 
 def _metrics(t: Table) -> MetricsConfig:

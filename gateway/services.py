@@ -219,3 +219,24 @@ def purge_expired(rt: Runtime) -> int:
             session.execute(delete(MessageRow).where(MessageRow.id.in_(ids)))
         return len(ids)
     return rt.db.transact(run)
+
+
+def console_signing_key(rt: Runtime) -> str:
+    """The key that signs the console's session cookies (made once, kept in the database)."""
+    from gateway.store.console import signing_key
+    return rt.db.transact(signing_key)
+
+
+def console_add_link(rt: Runtime, token_hash: str, email: str, minutes: int) -> None:
+    """Record a sign-in link by its hash only, valid for `minutes`."""
+    from datetime import timedelta
+
+    from gateway.store.console import add_link
+    now = rt.clock.now()
+    rt.db.transact(lambda s: add_link(s, token_hash, email, now, now + timedelta(minutes=minutes)))
+
+
+def console_use_link(rt: Runtime, token_hash: str) -> str | None:
+    """Spend a sign-in link: its address once, then never again (None when unknown, used or expired)."""
+    from gateway.store.console import use_link
+    return rt.db.transact(lambda s: use_link(s, token_hash, rt.clock.now()))

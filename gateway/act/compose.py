@@ -184,6 +184,8 @@ def compose_review_summary(
     now: datetime,
     message_id: str,
     templates_dir: Path,
+    console_url: str | None = None,
+    reply_to: str | None = None,
 ) -> bytes:
     """A multipart/mixed note to the Head of School: why the message is held, with the original attached.
 
@@ -209,6 +211,7 @@ def compose_review_summary(
         "message_ref": ref,
         "release_command": f"parentgate review release {ref}",
         "dismiss_command": f'parentgate review dismiss {ref} --note "..."',
+        "console_url": console_url,
     }
     summary = _render(templates_dir, "review_summary.txt.j2", now, values)
 
@@ -223,6 +226,9 @@ def compose_review_summary(
     outer["Auto-Submitted"] = "auto-generated"
     outer["X-Auto-Response-Suppress"] = "All"
     outer["X-Parentgate"] = "review-summary"
+    if reply_to:
+        # Replies to the summary go to the Head's own address, not to the postmaster it comes from.
+        outer["Reply-To"] = reply_to
 
     text_part = MIMEPart(policy=_POLICY)
     _set_text(text_part, summary, disposition="inline")

@@ -357,7 +357,8 @@ def _review_summary(rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime)
         family_count=findings.family_count, half_term=findings.half_term, thread_count=findings.thread_count,
         received_at=row.received_at.astimezone(school.calendar.tz), recipients=list(row.rcpt_tos),
         message_ref=str(row.id), now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex),
-        templates_dir=rt.templates_dir)
+        templates_dir=rt.templates_dir, reply_to=school.head_of_school,
+        console_url=f"{rt.config.console.base_url}/messages/{row.id}" if rt.config.console else None)
     return outbox_row(row, "summary", mail_from=rt.config.gateway.postmaster, rcpts=[school.head_of_school],
                       now=now, payload=data)
 

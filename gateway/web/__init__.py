@@ -1,0 +1,1 @@
+"""The Head of School's web console: reads through store query functions, writes only through services."""

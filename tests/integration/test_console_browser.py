@@ -1,0 +1,302 @@
+"""The Head of School's console in a real browser: Playwright driving Debian's chromium against the real
+daemon (a subprocess) and an SMTP sink on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.integration.test_crash import start_daemon
+from tests.integration.test_metrics import stop
+from tests.support import DOMAIN, HEAD, STAFF, Sink, always_open, free_port, write_config
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                               "(pip install -e '.[test]')")
+pytestmark = [pytest.mark.timeout(240),
+              pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason="Debian's chromium is missing (apt-get install -y chromium)")]
+
+OTHER_DOMAIN = "hillcrest.sch.example"
+OTHER_HEAD = f"head@{OTHER_DOMAIN}"
+HOSTILE = ("You are a useless, pathetic excuse for a teacher. Keeping {child} in again is a disgrace and\r\n"
+           "you know it. If you put him in detention one more time I will come into that school and\r\n"
+           "sort you out myself. I will make sure everyone knows what a bully you are.\r\n")
+XSS_SUBJECT = '<img src=x onerror="window.__pwned=2"> you are a disgrace'
+
+
+def raw(mid: str, sender: str, to: str, subject: str, body: str | None, html: str | None = None) -> bytes:
+    head = (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Thu, 03 Dec 2026 19:12:00 +0000\r\n"
+            f"Message-ID: <{mid}@parent.example>\r\nMIME-Version: 1.0\r\n")
+    if html is None:
+        return (head + "Content-Type: text/plain; charset=utf-8\r\n\r\n" + (body or "")).encode()
+    return (head + "Content-Type: text/html; charset=utf-8\r\n\r\n" + html + "\r\n").encode()
+
+
+class Pixel(http.server.BaseHTTPRequestHandler):
+    """A remote host (tracking pixels, frames, style sheets) that a rendered message must never reach."""
+
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+        Pixel.hits.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def poll(fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    return fn()
+
+
+class Setup:
+    def __init__(self, tmp: Path) -> None:
+        self.sink = Sink().start()
+        self.smtp, self.http = free_port(), free_port()
+        self.base = f"http://127.0.0.1:{self.http}"
+        self.cfg = write_config(tmp, smtp_port=self.smtp, sink_port=self.sink.port, retry_first="1s",
+                                extra=f'[console]\nlisten = "127.0.0.1:{self.http}"\nbase_url = "{self.base}"\n')
+        # A second school, with its own Head, shares the gateway.
+        with self.cfg.open("a") as f:
+            f.write(f'\n[[schools]]\nid = "hillcrest"\nname = "Hillcrest School"\ndomains = ["{OTHER_DOMAIN}"]\n'
+                    f'head_of_school = "{OTHER_HEAD}"\noffice = "office@{OTHER_DOMAIN}"\n'
+                    f'dsl = "dsl@{OTHER_DOMAIN}"\n' + always_open().replace("[schools.", "[schools."))
+        self.log = tmp / "daemon.log"
+        self.proc = start_daemon(self.cfg, self.smtp, self.log)
+        self.pixel = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pixel)
+        threading.Thread(target=self.pixel.serve_forever, daemon=True).start()
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "gateway", "--config", str(self.cfg), *args],
+                              capture_output=True, text=True, timeout=60).stdout
+
+    def review_ids(self) -> set[int]:
+        return {int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s", self.cli("review", "list"), re.M)}
+
+    def state(self, message_id: int) -> str:
+        return self.cli("show", str(message_id)).split(":", 1)[1].split(",")[0].strip()
+
+    def submit(self, data: bytes, to: str = STAFF, sender: str = "parent@parent.example") -> int:
+        """Send one message and return its id once it waits for review."""
+        before = self.review_ids()
+        with smtplib.SMTP("127.0.0.1", self.smtp, timeout=30) as s:
+            s.sendmail(sender, [to], data)
+        new = poll(lambda: self.review_ids() - before)
+        assert new, "the message never reached the review queue"
+        return max(new)
+
+    def close(self) -> None:
+        stop(self.proc)
+        self.sink.stop()
+        self.pixel.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    s = Setup(tmp_path_factory.mktemp("console"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def browser(setup: Setup) -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def link_for(setup: Setup, address: str, after: int) -> str | None:
+    for r in setup.sink.snapshot()[after:]:
+        if address in r.rcpts and r.message["X-Parentgate"] == "console-sign-in":
+            urls = re.findall(r"https?://\S+", r.message.get_body(("plain",)).get_content())
+            return str(urls[0]) if urls else None
+    return None
+
+
+def sign_in(setup: Setup, browser: Any, address: str = HEAD) -> tuple[Any, Any, str]:
+    """A signed-in page for `address`, and the link that signed it in."""
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(setup.base + "/")
+    page.get_by_label("Email address").fill(address)
+    mark = len(setup.sink.snapshot())
+    page.get_by_role("button", name=re.compile("sign-in link", re.I)).click()
+    link = poll(lambda: link_for(setup, address, mark))
+    assert link and link.startswith(setup.base + "/")
+    page.goto(link)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(setup.base + "/queue")
+    return ctx, page, link
+
+
+def test_the_emailed_link_signs_in_only_when_pressed_and_only_once(setup: Setup, browser: Any) -> None:
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(setup.base + "/")
+    page.get_by_label("Email address").fill(HEAD)
+    mark = len(setup.sink.snapshot())
+    page.get_by_role("button", name=re.compile("sign-in link", re.I)).click()
+    assert "a sign-in link is on its way" in page.content()
+    link = poll(lambda: link_for(setup, HEAD, mark))
+    assert link
+    # Opening the link (as a mail scanner would) signs nobody in.
+    page.goto(link)
+    page.goto(setup.base + "/queue")
+    assert page.url == setup.base + "/"
+    page.goto(link)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(setup.base + "/queue")
+    assert page.get_by_role("heading", name="Review queue").is_visible()
+    cookie = next(c for c in ctx.cookies() if c["name"] == "pg_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    # The same link, used again in another browser, signs nobody in.
+    other = browser.new_context().new_page()
+    other.goto(link)
+    assert other.get_by_role("button", name="Sign in").count() == 0
+    assert "no longer works" in other.content()
+    other.goto(setup.base + "/queue")
+    assert other.url == setup.base + "/"
+    # An address nobody configured gets the same answer, and no mail.
+    mark = len(setup.sink.snapshot())
+    other.goto(setup.base + "/")
+    other.get_by_label("Email address").fill("stranger@parent.example")
+    other.get_by_role("button", name=re.compile("sign-in link", re.I)).click()
+    assert "a sign-in link is on its way" in other.content()
+    time.sleep(1)
+    assert not [r for r in setup.sink.snapshot()[mark:] if "stranger@parent.example" in r.rcpts]
+
+
+def test_the_queue_marks_the_evidence_and_release_delivers_the_original_byte_identical(
+        setup: Setup, browser: Any) -> None:
+    data = raw("release-1", "Darren Cole <darren.cole@parent.example>", STAFF, "Tyler's detention",
+               HOSTILE.format(child="Tyler"))
+    message_id = setup.submit(data)
+    summary = poll(lambda: [r for r in setup.sink.to(HEAD) if r.message["X-Parentgate"] == "review-summary"
+                            and f"/messages/{message_id}" in r.message.get_body(("plain",)).get_content()])
+    assert summary, "the Head's summary does not link to the message's page"
+    assert summary[0].message["Reply-To"] == HEAD
+    assert "parentgate review" not in summary[0].data.decode(errors="replace")
+    _ctx, page, _ = sign_in(setup, browser)
+    page.get_by_role("link", name="Tyler's detention").click()
+    assert page.url == f"{setup.base}/messages/{message_id}"
+    marks = page.locator("pre.text mark").all_inner_texts()
+    assert any(re.search(r"useless|pathetic|sort you out", t, re.I) for t in marks), page.content()
+    assert "sends it to" in page.content()
+    page.get_by_role("button", name="Release").click()
+    page.wait_for_url(re.compile(r"done=release"))
+    arrived = poll(lambda: [r for r in setup.sink.to(STAFF) if r.data.endswith(data)])
+    assert arrived, "the released message did not reach the teacher"
+    trace, _, rest = arrived[0].data.partition(b"\r\n\t")
+    assert trace.startswith(b"Received: from ") and arrived[0].data.index(data) > 0
+    assert arrived[0].data[arrived[0].data.index(data) - 2:arrived[0].data.index(data)] == b"\r\n"
+    assert message_id not in setup.review_ids()
+    assert f"by {HEAD}" in setup.cli("show", str(message_id))
+
+
+def test_dismiss_needs_a_note_and_every_post_needs_the_csrf_token(setup: Setup, browser: Any) -> None:
+    message_id = setup.submit(raw("dismiss-1", "Lee Grant <lee.grant@parent.example>", STAFF, "Mia's reading book",
+                                  HOSTILE.format(child="Mia")))
+    ctx, page, _ = sign_in(setup, browser)
+    page.goto(f"{setup.base}/messages/{message_id}")
+    token = page.locator("input[name=csrf]").first.get_attribute("value")
+    # Without the token (but with the session cookie) a POST is refused, and nothing changes.
+    for action in ("release", "dismiss"):
+        r = ctx.request.post(f"{setup.base}/messages/{message_id}/{action}", form={"note": "x"}, max_redirects=0)
+        assert r.status == 403
+    r = ctx.request.post(f"{setup.base}/messages/{message_id}/release", form={"csrf": "forged"}, max_redirects=0)
+    assert r.status == 403
+    assert message_id in setup.review_ids()
+    # Without a note, Dismiss is refused (by the server, whatever the browser's form checks do).
+    r = ctx.request.post(f"{setup.base}/messages/{message_id}/dismiss", form={"csrf": token, "note": "  "},
+                         max_redirects=0)
+    assert r.status == 400 and "Write a note" in r.text()
+    assert message_id in setup.review_ids()
+    page.get_by_label("Note").fill("Spoke to the parent by phone.")
+    page.get_by_role("button", name="Dismiss").click()
+    page.wait_for_url(re.compile(r"done=dismiss"))
+    assert "dismissed" in page.content()
+    shown = setup.cli("show", str(message_id))
+    assert "dismissed" in shown and f"by {HEAD}" in shown and "Spoke to the parent by phone." in shown
+
+
+def test_a_head_of_one_school_gets_404_for_another_schools_message(setup: Setup, browser: Any) -> None:
+    ours = setup.submit(raw("scope-1", "Kerry Moss <kerry.moss@parent.example>", f"a.reid@{OTHER_DOMAIN}",
+                            "Jayden's report card", HOSTILE.format(child="Jayden")), to=f"a.reid@{OTHER_DOMAIN}")
+    ctx, page, _ = sign_in(setup, browser, HEAD)
+    assert "Jayden's report card" not in page.content()
+    response = page.goto(f"{setup.base}/messages/{ours}")
+    assert response is not None and response.status == 404 and "Jayden" not in page.content()
+    assert page.goto(f"{setup.base}/messages/999999").status == 404
+    assert page.goto(f"{setup.base}/messages/{ours}/attachments/0").status == 404
+    token = page.locator("input[name=csrf]").first.get_attribute("value")
+    r = ctx.request.post(f"{setup.base}/messages/{ours}/release", form={"csrf": token}, max_redirects=0)
+    assert r.status == 404
+    assert ours in setup.review_ids()
+    # Its own Head sees it.
+    _ctx2, page2, _ = sign_in(setup, browser, OTHER_HEAD)
+    assert "Jayden's report card" in page2.content()
+    assert page2.goto(f"{setup.base}/messages/{ours}").status == 200
+
+
+def test_hostile_markup_in_a_parents_message_renders_inert_and_loads_nothing(setup: Setup, browser: Any) -> None:
+    port = setup.pixel.server_address[1]
+    html = ("<html><head><style>@import url(http://127.0.0.1:{p}/css);</style></head><body>"
+            "<p>You are a useless, pathetic excuse for a teacher.</p><script>window.__pwned=1</script>"
+            '<img src="http://127.0.0.1:{p}/pixel.png" onerror="window.__pwned=4">'
+            '<a href="javascript:window.__pwned=3">click</a><a href="https://example.org/">site</a>'
+            '<iframe src="http://127.0.0.1:{p}/frame"></iframe>'
+            '<form action="http://127.0.0.1:{p}/form"><input name=a></form>'
+            '<div style="background:url(http://127.0.0.1:{p}/bg)">I will sort you out</div>'
+            '<svg onload="window.__pwned=5"></svg></body></html>').format(p=port)
+    message_id = setup.submit(raw("xss-1", "Sam Hale <sam.hale@parent.example>", STAFF, XSS_SUBJECT, None, html))
+    ctx, page, _ = sign_in(setup, browser)
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    assert page.get_by_role("link", name=re.compile("you are a disgrace")).count() == 1
+    assert page.evaluate("() => window.__pwned") is None
+    page.get_by_role("link", name=re.compile("you are a disgrace")).click()
+    page.wait_for_load_state("networkidle")
+    assert page.url.endswith(f"/messages/{message_id}")
+    assert page.evaluate("() => window.__pwned") is None and not dialogs
+    assert page.locator(".html mark").count() >= 1
+    for tag in ("script", "img", "iframe", "form input[name=a]", "style", "svg"):
+        assert page.locator(f"main .html {tag}").count() == 0, tag
+    hrefs = [a.get_attribute("href") or "" for a in page.locator("a").all()]
+    assert not [h for h in hrefs if h.lower().startswith("javascript:")]
+    assert page.locator("h1").inner_text() == XSS_SUBJECT
+    assert Pixel.hits == []
+    response = page.goto(f"{setup.base}/messages/{message_id}")
+    assert response is not None
+    h = response.headers
+    assert "default-src 'self'" in h["content-security-policy"] and "unsafe-inline" not in h["content-security-policy"]
+    assert h["x-frame-options"] == "DENY" and h["referrer-policy"] == "no-referrer"
+    assert h["cache-control"] == "no-store" and h["x-content-type-options"] == "nosniff"
+
+
+def test_the_log_carries_no_subject_or_body(setup: Setup) -> None:
+    text = setup.log.read_text(errors="replace")
+    assert "console listening" in text
+    for secret in ("pathetic excuse", "Tyler's detention", "you are a disgrace", "reading book"):
+        assert secret.lower() not in text.lower()
