@@ -335,6 +335,8 @@ class DeliveryWorker:
             message.folder = str(row.params.get("to"))
         if outcome.refused and row.kind != "notice":
             refusals = "; ".join(f"<{r.address}>: {r.reply}" for r in failed_recipients(list(outcome.refused), outcome))
+            # Sent to the others; what the server said about the refused ones stays visible in `show`.
+            row.last_error = f"refused: {refusals}"[:500]
             self._notify_postmaster(session, row, message, list(outcome.refused), refusals, now)
             report_failure(session, self.rt, row, message, list(outcome.refused), outcome, now)
 

@@ -151,13 +151,14 @@ async def test_two_gateways_acknowledging_each_other_exchange_at_most_one_acknow
             await gw_b.settle()
         acks_from_a = [r for r in gw_a.messages() if r.source == "smtp"]
         acks_at_b = gw_b.messages()
-        # A acknowledges the sender at B's domain, through B; and since B refuses A's delivery to
-        # head@a-school (not B's domain), A also sends that sender a DSN (RFC 3464). B takes both
-        # in, but each is marked auto-replied and came from a null sender, so B answers neither:
-        # at most two messages crossed, nothing came back to A, and the exchange stops there.
-        assert len(acks_at_b) <= 2
+        # A acknowledges the sender at B's domain, through B. B refuses A's delivery (A's domain is
+        # not B's), so A also sends that sender one DSN, through B. B takes both in, but they are
+        # marked auto-replied and came from the null sender, so B never answers them: at most one
+        # of each crossed, and the exchange stops there.
+        kinds = sorted(row.raw.split(b"X-Parentgate: ")[1].split(b"\r\n")[0] for row in acks_at_b)
+        assert kinds in ([], [b"acknowledgement"], [b"dsn"], [b"acknowledgement", b"dsn"])
         for row in acks_at_b:
-            assert row.mail_from == "" and b"Auto-Submitted: auto-replied" in row.raw
+            assert b"Auto-Submitted: auto-replied" in row.raw and row.mail_from == ""
         assert len(acks_from_a) == 1
     finally:
         await gw_a.stop()

@@ -136,6 +136,8 @@ async def test_a_recipient_refused_while_others_were_accepted_is_bounced_alone(t
         assert block["Diagnostic-Code"] == f"smtp; 550 5.1.1 <{NOBODY}>: no such mailbox here"
         [notice] = picky.to(POSTMASTER)
         assert b"no such mailbox here" in notice.data
+        [deliver] = gw.rt.db.transact(lambda s: list(s.scalars(select(OutboxRow).where(OutboxRow.kind == "deliver"))))
+        assert deliver.state == "sent" and "no such mailbox here" in (deliver.last_error or "")
     finally:
         await gw.stop()
 
