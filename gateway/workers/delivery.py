@@ -345,10 +345,16 @@ class DeliveryWorker:
         if message is None:
             return
         config = self.rt.config
-        data = compose_failure_notice(
-            original=parse_message(message.raw), message_ref=str(message.id), to_addr=config.gateway.postmaster,
-            from_addr=config.gateway.postmaster, recipients=rcpts, error=error, attempts=row.attempts, now=now,
-            message_id=make_message_id(config.smtp.hostname, uuid.uuid4().hex))
+        try:
+            data = compose_failure_notice(
+                original=parse_message(message.raw), message_ref=str(message.id), to_addr=config.gateway.postmaster,
+                from_addr=config.gateway.postmaster, recipients=rcpts, error=error, attempts=row.attempts, now=now,
+                message_id=make_message_id(config.smtp.hostname, uuid.uuid4().hex))
+        except Exception as exc:  # noqa: BLE001 - a notice that cannot be built must not undo the outcome
+            # The failure itself stays recorded on the outbox row, where `parentgate show` finds it.
+            log.warning("message %s: the postmaster notice could not be built (%s); skipped", message.id,
+                        exc.__class__.__name__)
+            return
         session.add(outbox_row(message, "notice", mail_from="", rcpts=[config.gateway.postmaster], now=now,
                                payload=data))
 

@@ -417,3 +417,27 @@ async def test_a_client_waiting_for_a_slow_commit_is_not_timed_out(tmp_path, sin
         assert code == 250 and text.startswith("2.0.0 OK: queued as ")
     finally:
         await gw.stop()
+
+
+async def test_a_postmaster_notice_that_cannot_be_built_never_undoes_the_recorded_failure(tmp_path, monkeypatch):
+    import gateway.workers.delivery as delivery
+
+    def broken(**_: Any) -> bytes:
+        raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+    monkeypatch.setattr(delivery, "compose_failure_notice", broken)
+    refusing = Sink(smtputf8=False)
+    refusing.start()
+    gw = await start(tmp_path, refusing)
+    try:
+        # A recipient that needs SMTPUTF8 at a next hop without it: a permanent failure, and a notice.
+        code, _ = await submit(gw, "mum@example.com", [f"jürgen@{DOMAIN}"], utf8_message("x"), ["SMTPUTF8"])
+        assert code == 250
+        await gw.settle()
+        [deliver] = outbox(gw, "deliver")
+        assert deliver.state == "failed" and deliver.last_error == NO_SMTPUTF8
+        assert outbox(gw, "notice") == []
+        [row] = gw.messages()
+        assert row.state == "failed"
+    finally:
+        await gw.stop()
+        refusing.stop()
