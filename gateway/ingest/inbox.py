@@ -27,6 +27,7 @@ from gateway.store.queue import add_received
 log = logging.getLogger("parentgate.inbox")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{1,900}>)", re.IGNORECASE | re.MULTILINE)
 MAX_GROUP = 256
+LARGE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,11 @@ class Inbox:
     """Durable intake shared by SMTP and IMAP ingest."""
 
     def __init__(self, db: Database, clock: Clock, *, on_stored: Callable[[], None] = lambda: None,
-                 insert: InsertFn = insert_received) -> None:
+                 insert: InsertFn = insert_received, on_large: Callable[[], None] = lambda: None) -> None:
         self._db, self._clock, self._on_stored = db, clock, on_stored
         self._insert = insert
+        # Told of every large message taken in (the daemon then gives freed memory back to the system).
+        self._on_large = on_large
         # Appended on the event loop, taken on the database thread (deque appends and pops are atomic).
         self._waiting: deque[tuple[Incoming, asyncio.Future[int]]] = deque()
         self._arrived = asyncio.Event()
@@ -115,6 +118,8 @@ class Inbox:
     async def receive(self, item: Incoming) -> int:
         """Returns the stored message's id once it is committed; raises if it could not be stored."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if len(item.raw) >= LARGE:
+            self._on_large()
         self._waiting.append((item, future))
         self._idle.clear()
         self._arrived.set()

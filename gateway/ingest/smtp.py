@@ -20,6 +20,7 @@ from gateway.config import Config
 from gateway.domain.addresses import envelope_problem, has_controls, has_domain, undecodable
 from gateway.ingest.inbox import Inbox, Incoming, Unstorable
 from gateway.ingest.listener import ConnectionGate, Listener, effective_max_connections
+from gateway.ingest.spool import SpooledData
 
 log = logging.getLogger("parentgate.smtp")
 
@@ -129,7 +130,7 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(.*)", re.DOTALL)
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(SpooledData):
     """aiosmtpd's SMTP session, built without its per-connection introspection.
 
     aiosmtpd's constructor finds its command, AUTH and hook methods with `dir()` and
