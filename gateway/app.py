@@ -17,6 +17,7 @@ from gateway.act.relay import RelayTarget, SmtpRelay
 from gateway.act.transport import Transport
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
+from gateway.heap import Heap
 from gateway.ingest.inbox import Inbox
 from gateway.imapmode import ImapMode, make_mover, submission_transport
 from gateway.ingest.listener import Listener
@@ -140,7 +141,9 @@ class Daemon:
 
         # The listeners are bound before anything else changes: a second daemon started by mistake on
         # the same ports stops here, before it could clear the running one's leases.
-        inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set)
+        heap = Heap()
+        heap.limit_growth()
+        inbox = Inbox(rt.db, rt.clock, on_stored=self.triage_wakeup.set, on_large=heap.note_large)
         inbox.start()
         listen = (rt.config.smtp.host, rt.config.smtp.port)
         try:
@@ -176,11 +179,12 @@ class Daemon:
         rt.wake_delivery = delivery.wake
         rt.hand_over = delivery.hand_over
         rt.wake_triage = self.triage_wakeup.set
-        self.judges = JudgePool(rules_dir(rt.config))
+        self.judges = JudgePool(rules_dir(rt.config), database_url=rt.db.url)
         triage = TriageWorker(rt, pool=self.judges, stopping=self.stopping.is_set)
         tasks = [asyncio.create_task(self._triage_loop(triage), name="triage"),
                  asyncio.create_task(delivery.run(), name="delivery")]
         leases = asyncio.create_task(triage.keep_leases(), name="triage-leases")
+        trimmer = asyncio.create_task(heap.keep_trimmed(), name="heap-trim")
         jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt))
         jobs.start()
         imap.start()
@@ -218,6 +222,7 @@ class Daemon:
         await asyncio.gather(*tasks, watch, return_exceptions=True)
         notifier.close()
         leases.cancel()
+        trimmer.cancel()
         try:
             await delivery.release_handed()
         except Exception:  # noqa: BLE001 - the leases then expire, as after a crash
