@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event, exists, insert, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, defer
 
 from gateway.domain.states import OutboxState, State, allowed
 from gateway.ops.logs import kv
@@ -103,7 +103,10 @@ def claim_messages(session: Session, state: State, *, owner: str, now: datetime,
 
     The claim is not counted (see `failed_attempt`): a claim by a process that dies before working on
     the rows must not bring them nearer to quarantine."""
-    query = select(MessageRow).where(MessageRow.state == state.value, _lease_free(MessageRow, now))
+    # Without the bytes: the caller reads those it needs (store.raws), so a large message is not
+    # carried along with every claim.
+    query = select(MessageRow).options(defer(MessageRow.raw)).where(MessageRow.state == state.value,
+                                                                    _lease_free(MessageRow, now))
     if due_before is not None:
         query = query.where(MessageRow.release_at <= due_before)
     query = query.order_by(MessageRow.id).limit(limit)

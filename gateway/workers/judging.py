@@ -19,14 +19,18 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
+from gateway.store.raws import RawReader, StoredRaw
 from gateway.triage.rules import RuleSet, load_rules
 from gateway.workers.evaluate import Judged, judge
 from gateway.workers.lifeline import die_with
 
 log = logging.getLogger("parentgate.judging")
 Results = list["Judged | BaseException"]
+# A message to judge: its bytes, or for a large one a reference the judge reads from the database, so
+# that it is not copied through the daemon and pickled to the worker.
+RawInput = Union[bytes, StoredRaw]
 
 
 class JudgeFailed(Exception):
@@ -45,9 +49,10 @@ class _WorkerRules:
     """
 
     rules: RuleSet | None = None
+    reader: RawReader | None = None
 
 
-def _load_worker_rules(rules_dir: str, daemon_pid: int) -> None:
+def _load_worker_rules(rules_dir: str, daemon_pid: int, database_url: str | None = None) -> None:
     # SIGTERM ends a worker at once (systemd's stop, an operator's kill): the daemon then gives the
     # batch in hand back untried. Ctrl-C and SIGHUP reach the whole foreground group but are the
     # daemon's to handle (it stops or reloads these workers itself).
@@ -56,12 +61,20 @@ def _load_worker_rules(rules_dir: str, daemon_pid: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
     die_with(daemon_pid)
     _WorkerRules.rules = load_rules(Path(rules_dir))
+    _WorkerRules.reader = RawReader(database_url) if database_url else None
 
 
-def _judge_in_worker(raws: list[bytes]) -> tuple[str, Results]:
+def _read_in_worker(ref: StoredRaw) -> bytes:
+    if _WorkerRules.reader is None:
+        raise LookupError("this judge process has no database to read large messages from")
+    return _WorkerRules.reader.read(ref)
+
+
+def _judge_in_worker(raws: list[RawInput]) -> tuple[str, Results]:
     rules = _WorkerRules.rules
     assert rules is not None, "the pool initializer loads the rules"
-    return rules.digest, [_portable(result) for result in judge_each(raws, lambda raw: judge(raw, rules))]
+    return rules.digest, [_portable(result) for result in judge_each(raws, lambda raw: judge(raw, rules),
+                                                                     _read_in_worker)]
 
 
 def _portable(result: Judged | BaseException) -> Judged | BaseException:
@@ -79,11 +92,17 @@ def _warm_up() -> None:
     """A no-op task: starting the workers (and loading their rules) before the first mail arrives."""
 
 
-def judge_each(raws: list[bytes], fn: Callable[[bytes], Judged]) -> Results:
-    """Each message's judgement, or the exception it raised (recorded per message by the caller)."""
+def judge_each(raws: list[RawInput], fn: Callable[[bytes], Judged],
+               read: Callable[[StoredRaw], bytes] | None = None) -> Results:
+    """Each message's judgement, or the exception it raised (recorded per message by the caller).
+    A large message is read (with `read`) just before it is judged, and dropped after."""
     results: Results = []
     for raw in raws:
         try:
+            if isinstance(raw, StoredRaw):
+                if read is None:
+                    raise LookupError("no reader for a large message's bytes")
+                raw = read(raw)
             results.append(fn(raw))
         except Exception as exc:  # noqa: BLE001 - recorded per message by the triage worker
             results.append(exc)
@@ -99,8 +118,11 @@ class JudgePool:
     """A process pool for `judge`, recreated on a rules reload and after a worker died."""
 
     def __init__(self, rules_dir: Path, *, workers: int | None = None,
-                 task: Callable[[list[bytes]], tuple[str, Results]] | None = None) -> None:
+                 task: Callable[[list[RawInput]], tuple[str, Results]] | None = None,
+                 database_url: str | None = None) -> None:
         self._rules_dir = rules_dir
+        # Where the workers read large messages from (see RawInput).
+        self._database_url = database_url
         self._workers = workers or default_workers()
         # What a worker runs per chunk; tests substitute a module-level function that crashes on cue.
         self._task = task or _judge_in_worker
@@ -112,7 +134,8 @@ class JudgePool:
         # pool's semaphores); it holds only the reading end of a pipe whose writing ends the daemon
         # and these workers hold, so it exits once they have all died (see `die_with`).
         pool = ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_load_worker_rules, initargs=(str(self._rules_dir), os.getpid()))
+                                   initializer=_load_worker_rules,
+                                   initargs=(str(self._rules_dir), os.getpid(), self._database_url))
         for _ in range(self._workers):
             pool.submit(_warm_up)
         return pool
@@ -124,7 +147,8 @@ class JudgePool:
         self._pool = self._new_pool()
         old.shutdown(wait=False)
 
-    async def judge_all(self, raws: list[bytes], rules: RuleSet) -> Results:
+    async def judge_all(self, raws: list[RawInput], rules: RuleSet,
+                        read: Callable[[StoredRaw], bytes] | None = None) -> Results:
         """Every message judged, in order; `rules` are the daemon's, used if a worker's differ."""
         loop = asyncio.get_running_loop()
         pool = self._pool
@@ -141,14 +165,14 @@ class JudgePool:
             raise
         if any(digest != rules.digest for digest, _ in answers):
             log.warning("worker rules differ from the daemon's (changed on disk?); judging in-process")
-            return await asyncio.to_thread(judge_each, raws, lambda raw: judge(raw, rules))
+            return await asyncio.to_thread(judge_each, raws, lambda raw: judge(raw, rules), read)
         # Undo the round-robin split: message i went to chunk i % n, at position i // n.
         results: Results = []
         for i in range(len(raws)):
             results.append(answers[i % len(chunks)][1][i // len(chunks)])
         return results
 
-    async def judge_alone(self, raws: list[bytes], rules: RuleSet,
+    async def judge_alone(self, raws: list[RawInput], rules: RuleSet,
                           stopping: Callable[[], bool] = lambda: False) -> Results:
         """Every message judged alone, after a worker died on their batch: the one that kills a worker
         again gets WorkerDied as its result (the others are judged), so only it is counted as failed.

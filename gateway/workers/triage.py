@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
 from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
@@ -26,10 +26,11 @@ from gateway.domain.states import State
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.database import URGENT
 from gateway.store.queue import claim_messages, release_messages, renew_messages, transition
+from gateway.store.raws import StoredRaw, load_small_raws, raw_loaded, read_raw
 from gateway.workers.dispatch import OUTBOX_LEASE, Job, complete_if_done, enqueue, imap_move, jobs_for, outbox_row
 from gateway.triage.rules import RuleSet
 from gateway.workers.evaluate import Batch, Evaluation, Judged, evaluate, judge, standing
-from gateway.workers.judging import JudgeFailed, JudgePool, Results, WorkerDied, judge_each
+from gateway.workers.judging import JudgeFailed, JudgePool, RawInput, Results, WorkerDied, judge_each
 from gateway.workers.quarantine import note_failure
 from gateway.workers.runtime import Runtime
 
@@ -58,15 +59,22 @@ class TriageWorker:
 
     def _start_judging(self, rows: list[MessageRow]) -> asyncio.Future[Results]:
         rules = self.rt.rules
-        raws = [r.raw for r in rows]
-        if self._pool is not None and self._judge is None:
-            return asyncio.ensure_future(self._judge_in_pool(self._pool, raws, rules))
-        fn = self._judge or (lambda raw: judge(raw, rules))
-        return asyncio.ensure_future(asyncio.to_thread(judge_each, raws, fn))
+        # Large messages were claimed without their bytes: the judge reads them itself.
+        raws: list[RawInput] = [r.raw if raw_loaded(r) else StoredRaw(r.id) for r in rows]
+        db = self.rt.db
 
-    async def _judge_in_pool(self, pool: JudgePool, raws: list[bytes], rules: RuleSet) -> Results:
+        def read(ref: StoredRaw) -> bytes:
+            return db.transact(lambda s: read_raw(s, ref.message_id))
+
+        if self._pool is not None and self._judge is None:
+            return asyncio.ensure_future(self._judge_in_pool(self._pool, raws, rules, read))
+        fn = self._judge or (lambda raw: judge(raw, rules))
+        return asyncio.ensure_future(asyncio.to_thread(judge_each, raws, fn, read))
+
+    async def _judge_in_pool(self, pool: JudgePool, raws: list[RawInput], rules: RuleSet,
+                             read: Callable[[StoredRaw], bytes]) -> Results:
         try:
-            return await pool.judge_all(raws, rules)
+            return await pool.judge_all(raws, rules, read)
         except BrokenProcessPool:
             # A stop's SIGTERM reaches the workers and the daemon together; give the daemon's signal
             # handler its turn before deciding that a message, rather than the stop, killed a worker.
@@ -182,12 +190,15 @@ class TriageWorker:
         now = self.rt.clock.now()
         lease = now + OUTBOX_LEASE if self.rt.hand_over is not None else None
         written: list[OutboxRow] = []
-        query = select(MessageRow).where(MessageRow.id.in_(ids))
+        # Without the bytes; the small ones are read for the batch in one query below, a large one only
+        # if something needs it (a review summary, a delivery handed over).
+        query = select(MessageRow).options(defer(MessageRow.raw)).where(MessageRow.id.in_(ids))
         if session.get_bind().dialect.name == "postgresql":
             # Locked in id order (as renewals lock them), so the lease owner checked below is still the
             # owner at the commit: another gateway's claim skips these rows meanwhile.
             query = query.order_by(MessageRow.id).with_for_update(of=MessageRow)
         rows = {r.id: r for r in session.scalars(query)}
+        load_small_raws(session, list(rows.values()))
         before = {message_id: standing(row) for message_id, row in rows.items()}
         todo: list[tuple[MessageRow, Judged]] = []
         for message_id, result in zip(ids, judged):
@@ -254,7 +265,9 @@ def _ack_key(ev: Evaluation) -> tuple[str, str] | None:
 
 
 def _claim(session: Session, rt: Runtime) -> list[MessageRow]:
-    return claim_messages(session, State.RECEIVED, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=BATCH)
+    rows = claim_messages(session, State.RECEIVED, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=BATCH)
+    load_small_raws(session, rows)
+    return rows
 
 
 def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged, now: datetime,
