@@ -14,10 +14,13 @@ from typing import Callable
 
 import aiosmtplib
 
+from gateway.act.stream import sendmail_streamed
 from gateway.act.transport import REPLY_LIMIT, Outcome, classify_reply, reply_text
 from gateway.domain.addresses import needs_smtputf8, undecodable
 
 log = logging.getLogger("parentgate.relay")
+# Messages from this size on are written in pieces (act.stream), not copied whole several times.
+STREAM_FROM = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,11 @@ class SmtpRelay:
                     await self._discard_or_keep(client, keep=True)
                     return Outcome(ok=False, temporary=False, detail=NO_SMTPUTF8)
                 sender, options = envelope
-                errors, response = await client.sendmail(sender, rcpts, data, mail_options=options)
+                if len(data) >= STREAM_FROM:
+                    errors, response = await sendmail_streamed(client, sender, rcpts, data, mail_options=options,
+                                                               timeout=self.target.timeout)
+                else:
+                    errors, response = await client.sendmail(sender, rcpts, data, mail_options=options)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 await self._discard_or_keep(client, keep=True)
                 return refused_outcome(exc.recipients)
