@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import NullPool
 
@@ -39,6 +39,13 @@ def load_small_raws(session: Session, rows: list[MessageRow], limit: int = LARGE
         return
     for message_id, raw in session.execute(select(MessageRow.id, MessageRow.raw).where(MessageRow.id.in_(by_id))):
         set_committed_value(by_id[message_id], "raw", raw)
+
+
+def forget_large_raw(row: MessageRow, limit: int = LARGE) -> None:
+    """Drop a large message's bytes from its row (read again if needed), once they have been used."""
+    session = object_session(row)
+    if session is not None and row.size > limit and raw_loaded(row):
+        session.expire(row, ["raw"])
 
 
 def read_raw(session: Session, message_id: int) -> bytes:

@@ -35,6 +35,7 @@ from gateway.store import memory
 from gateway.store.database import URGENT
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import claim_outbox, release_outbox, renew_outbox, transition
+from gateway.store.raws import load_small_raws
 from gateway.triage.facts import parse_message
 from gateway.workers.bounce import failed_recipients, report_failure
 from gateway.workers.dispatch import (DELIVERY_KINDS, OUTBOX_LEASE, RENEW_EVERY, Job, complete_from_rows,
@@ -389,7 +390,10 @@ def _claim(session: Session, rt: Runtime, limit: int) -> list[Job]:
     rows = claim_outbox(session, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=limit)
     # The batch's messages in one query rather than one per row (those already in the session included).
     wanted = sorted({row.message for row in rows})
-    cache = {m.id: m for m in session.scalars(select(MessageRow).where(MessageRow.id.in_(wanted)))} if wanted else {}
+    # Large messages' bytes are read one at a time as their jobs are built (store.raws).
+    cache = {m.id: m for m in session.scalars(select(MessageRow).options(defer(MessageRow.raw))
+                                              .where(MessageRow.id.in_(wanted)))} if wanted else {}
+    load_small_raws(session, list(cache.values()))
     return jobs_for(rows, cache, rt.config.smtp.hostname)
 
 

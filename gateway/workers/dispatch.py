@@ -19,6 +19,7 @@ from gateway.domain.findings import Route
 from gateway.domain.states import OutboxState, State
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import transition
+from gateway.store.raws import forget_large_raw
 
 DELIVERY_KINDS = ("deliver", "copy", "imap_move")
 # How long a claimed outbox row stays ours: a claim, or a row handed from triage straight to delivery.
@@ -52,12 +53,16 @@ def jobs_for(rows: list[OutboxRow], messages: dict[int, MessageRow], hostname: s
         message = messages.get(row.message)
         if message is None:
             continue
-        if row.payload is not None:
+        if row.kind == "imap_move":
+            data = b""
+        elif row.payload is not None:
             data = row.payload
         else:
             data = trace_header(message, hostname) + message.raw
+            # A large message's bytes are now in the job: not kept a second time with its row.
+            forget_large_raw(message)
         jobs.append(Job(outbox_id=row.id, message_id=message.id, kind=row.kind, mail_from=row.mail_from,
-                        rcpts=list(row.rcpts), data=data if row.kind != "imap_move" else b"",
+                        rcpts=list(row.rcpts), data=data,
                         params=dict(row.params or {}), message_header_id=message.message_id, sha256=message.sha256,
                         folder=message.folder, lease_until=row.lease_until))
     return jobs
