@@ -28,6 +28,7 @@ log = logging.getLogger("parentgate.inbox")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]{1,900}>)", re.IGNORECASE | re.MULTILINE)
 MAX_GROUP = 256
 LARGE = 1024 * 1024
+MAX_GROUP_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,15 @@ class Inbox:
 
     def _take(self) -> list[tuple[Incoming, asyncio.Future[int]]]:
         group: list[tuple[Incoming, asyncio.Future[int]]] = []
-        while len(group) < MAX_GROUP:
+        size = 0
+        # Bounded in bytes too: the driver copies a group's parameters at once (PostgreSQL's
+        # multi-row INSERT), so large messages are committed a few at a time.
+        while len(group) < MAX_GROUP and size < MAX_GROUP_BYTES:
             try:
                 group.append(self._waiting.popleft())
             except IndexError:
                 break
+            size += len(group[-1][0].raw)
         return group
 
     def _store(self) -> tuple[list[tuple[Incoming, asyncio.Future[int]]], list[int | BaseException]]:
