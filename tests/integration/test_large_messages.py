@@ -62,3 +62,43 @@ async def test_large_messages_are_triaged_and_delivered_intact(tmp_path: Path, s
             assert any(d.endswith(raw) for d in delivered)
     finally:
         await gw.stop()
+
+
+def _relay(port: int):
+    from gateway.act.relay import RelayTarget, SmtpRelay
+    return SmtpRelay(RelayTarget(host="127.0.0.1", port=port, hostname="gateway.test",
+                                 ascii_sender="postmaster@gateway.test"))
+
+
+async def test_a_large_message_streamed_over_smtputf8_arrives_byte_for_byte() -> None:
+    from tests.support import Sink
+    sink = Sink(smtputf8=True).start()
+    relay = _relay(sink.port)
+    try:
+        data = big(7).replace(b"Hello, the photos", "Hello, the photos of Zoë".encode(), 1)
+        outcome = await relay.send("zoë@example.com", [STAFF], data)
+        assert outcome.ok, outcome
+        [got] = sink.snapshot()
+        assert got.data == data and got.mail_from == "zoë@example.com" and "SMTPUTF8" in got.mail_options
+    finally:
+        await relay.close()
+        sink.stop()
+
+
+async def test_a_large_message_refused_for_one_recipient_or_at_data_is_reported_like_a_small_one() -> None:
+    from tests.integration.picky_sink import PickySink
+    other = f"other@{STAFF.rpartition('@')[2]}"
+    picky = PickySink(rcpt_replies={other: "550 5.1.1 no such user"},
+                      data_replies={"blocked@example.com": "554 5.7.1 refused"}).start()
+    relay = _relay(picky.port)
+    try:
+        partly = await relay.send("p@example.com", [STAFF, other], big(8))
+        assert partly.ok and partly.refused == (other,)
+        refused = await relay.send("blocked@example.com", [STAFF], big(9))
+        assert not refused.ok and not refused.temporary and "554" in refused.detail
+        # The connection is still good for the next message.
+        assert (await relay.send("p@example.com", [STAFF], big(10))).ok
+        assert len(picky.received) == 2
+    finally:
+        await relay.close()
+        picky.stop()
