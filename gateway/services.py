@@ -240,3 +240,31 @@ def console_use_link(rt: Runtime, token_hash: str) -> str | None:
     """Spend a sign-in link: its address once, then never again (None when unknown, used or expired)."""
     from gateway.store.console import use_link
     return rt.db.transact(lambda s: use_link(s, token_hash, rt.clock.now()))
+
+
+def reply_as_head(rt: Runtime, message_id: int, actor: str, name: str, text: str) -> str:
+    """The Head's reply to the parent, from the Head's own address: queued for delivery and recorded
+    on the message. Returns the address it goes to."""
+    import uuid
+
+    from gateway.act.reply import compose_reply, parent_address
+    from gateway.decide.acknowledge import make_message_id
+    from gateway.store.queue import record
+    from gateway.workers.dispatch import outbox_row
+    if not text.strip():
+        raise ServiceError("a reply needs some text")
+
+    def run(session: Session) -> str:
+        row = session.get(MessageRow, message_id)
+        if row is None:
+            raise ServiceError(f"no message {message_id}")
+        now = rt.clock.now()
+        to = parent_address(row.raw, row.mail_from)
+        if not to:
+            raise ServiceError(f"message {message_id} has no address to reply to")
+        data = compose_reply(original_raw=row.raw, from_addr=actor, from_name=name, to_addr=to, body=text,
+                             now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex))
+        session.add(outbox_row(row, "reply", mail_from=actor, rcpts=[to], now=now, payload=data))
+        record(session, row, actor=actor, now=now, reason=f"replied to {to} by {actor}")
+        return to
+    return rt.db.transact(run)

@@ -51,6 +51,14 @@ def transition(session: Session, row: MessageRow, to: State, *, actor: str, now:
              kv(id=row.id, state=to.value, route=row.route, rules=rules, actor=actor, reason=reason[:200] or None))
 
 
+def record(session: Session, row: MessageRow, *, actor: str, now: datetime, reason: str) -> None:
+    """An action on a message that does not change its state (a reply, a forward, "seen"): an event
+    whose from and to states are the same, in the same transaction as the action."""
+    _add_event(session, message=row.id, from_state=row.state, to_state=row.state, at=now, actor=actor,
+               reason=reason[:2000])
+    log.info("message %s %s", row.id, kv(id=row.id, state=row.state, actor=actor, reason=reason[:200]))
+
+
 def add_received(session: Session, messages: list[dict[str, Any]], *, actor: str) -> list[int]:
     """New messages, durably in state received, each with its first event. Returns their ids, in order.
 

@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import services
+from gateway.act.reply import parent_address
 from gateway.act.transport import Transport
 from gateway.domain.states import State
 from gateway.store import console as queries
@@ -67,6 +68,7 @@ class Console:
             Route("/messages/{id:int}", self.message),
             Route("/messages/{id:int}/release", self.release, methods=["POST"]),
             Route("/messages/{id:int}/dismiss", self.dismiss, methods=["POST"]),
+            Route("/messages/{id:int}/reply", self.reply, methods=["POST"]),
             Route("/messages/{id:int}/attachments/{n:int}", self.attachment),
             Route("/ping", self.ping), Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
@@ -261,11 +263,13 @@ class Console:
         status_text = _DONE.get(view.state, view.state)
         if view.state == State.HELD.value and view.release_at:
             status_text = f"held until {self._when(view.release_at)}"
-        banner = f"Done: this message is now {status_text}." if done else None
+        banner = (f"Done: your reply to {parent_address(view.raw, view.mail_from)} is on its way." if done == "reply"
+                  else f"Done: this message is now {status_text}." if done else None)
         return self._page(
             "message.html", session, status, m=view, h=h, body=body, received=self._when(view.received_at),
             state_text=status_text, banner=banner, problem=problem,
             can_act=view.state == State.IN_REVIEW.value and viewer.can(view.school, HEAD),
+            can_reply=viewer.can(view.school, HEAD), reply_to=parent_address(view.raw, view.mail_from),
             release_text=self._release_text(view), family=self._related(family), thread=self._related(thread),
             events=[{"when": self._when(at), "what": f"{src or 'new'} → {dst}", "actor": actor}
                     for at, src, dst, actor, _reason in events])
@@ -322,6 +326,25 @@ class Console:
                                                 problem="This message is no longer waiting for review.")
             log.info("console: message %s dismissed", message_id)
             return RedirectResponse(f"/messages/{message_id}?done=dismiss", status_code=303)
+        return await self._guarded(request, act)
+
+    async def reply(self, request: Request) -> Response:
+        async def act(session: Session, viewer: Viewer) -> Response:
+            form = await self._form(request, session)
+            message_id = request.path_params["id"]
+            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(HEAD), message_id))
+            if view is None:
+                return await self._not_found_page(session)
+            text = form.get("reply", "").replace("\r\n", "\n").strip()[:20000]
+            if not text:
+                return await self._message_page(session, viewer, message_id, status=400,
+                                                problem="Write your reply before sending it.")
+            name = self.rt.config.school(view.school).name
+            await self.rt.db.call(lambda: services.reply_as_head(self.rt, message_id, viewer.email,
+                                                                 f"Head of School, {name}", text))
+            self.rt.wake_delivery()
+            log.info("console: message %s replied to", message_id)
+            return RedirectResponse(f"/messages/{message_id}?done=reply", status_code=303)
         return await self._guarded(request, act)
 
     async def attachment(self, request: Request) -> Response:

@@ -1,0 +1,44 @@
+"""The Head of School's own reply to a parent, written in the console: threaded to the parent's message."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from email import message_from_bytes, policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP, SMTPUTF8
+from email.utils import format_datetime, getaddresses
+
+_MSG_ID = re.compile(r"<[^<>\s]+>")
+
+
+def parent_address(raw: bytes, envelope_sender: str) -> str:
+    """Where a reply goes: Reply-To, else From (RFC 5322 §3.6.2), else the envelope sender."""
+    head = message_from_bytes(raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n", policy=policy.compat32)
+    for name in ("Reply-To", "From"):
+        for _, addr in getaddresses([str(v) for v in head.get_all(name, [])]):
+            if "@" in addr:
+                return addr
+    return envelope_sender
+
+
+def compose_reply(*, original_raw: bytes, from_addr: str, from_name: str, to_addr: str, body: str,
+                  now: datetime, message_id: str) -> bytes:
+    """A plain-text reply with In-Reply-To and References (RFC 5322 §3.6.4) to the parent's message."""
+    head = message_from_bytes(original_raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n", policy=policy.compat32)
+    subject = " ".join(str(head.get("Subject", "")).split())[:200]
+    original_id = _MSG_ID.search(str(head.get("Message-ID", "")))
+    references = _MSG_ID.findall(str(head.get("References", "")))[-10:]
+    msg = EmailMessage()
+    msg["From"] = Address(from_name, addr_spec=from_addr)
+    msg["To"] = to_addr
+    msg["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}".strip()
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = message_id
+    if original_id:
+        msg["In-Reply-To"] = original_id.group(0)
+        msg["References"] = " ".join(references + [original_id.group(0)])
+    msg["X-Parentgate"] = "head-reply"
+    msg.set_content(body, charset="utf-8", cte=None if body.isascii() else "quoted-printable")
+    return msg.as_bytes(policy=SMTP if to_addr.isascii() else SMTPUTF8)
