@@ -333,3 +333,28 @@ def test_a_reply_written_in_the_console_reaches_the_parent_threaded_and_recorded
     assert f"replied to nina.shah@parent.example by {HEAD}" in setup.cli("show", str(message_id))
     # Replying does not take the message out of review: the Head still decides on it.
     assert message_id in setup.review_ids()
+
+
+def test_screenshots_of_the_queue_and_a_message_page_on_a_laptop_and_a_phone(
+        setup: Setup, browser: Any, tmp_path: Path) -> None:
+    """The README's pictures: PG_CONSOLE_SCREENSHOTS=docs writes them there, else into the test's folder."""
+    import os
+    out = Path(os.environ.get("PG_CONSOLE_SCREENSHOTS") or tmp_path)
+    message_id = setup.submit(raw("shot-1", "Chris Lowe <chris.lowe@parent.example>", STAFF,
+                                  "Year 4 homework is ridiculous", HOSTILE.format(child="Ellie")))
+    ctx, _page, _ = sign_in(setup, browser)
+    page = ctx.new_page()
+    page.set_viewport_size({"width": 1200, "height": 800})
+    page.goto(setup.base + "/queue")
+    page.screenshot(path=str(out / "console-queue.png"), full_page=True)
+    page.goto(f"{setup.base}/messages/{message_id}")
+    page.locator("pre.text mark").first.wait_for()
+    page.screenshot(path=str(out / "console-message.png"), full_page=True)
+    phone = ctx.new_page()
+    phone.set_viewport_size({"width": 390, "height": 844})
+    phone.goto(f"{setup.base}/messages/{message_id}")
+    # On a phone nothing is wider than the screen: the layout is one column.
+    assert phone.evaluate("() => document.documentElement.scrollWidth") <= 390
+    phone.screenshot(path=str(out / "console-message-phone.png"))
+    for name in ("console-queue.png", "console-message.png", "console-message-phone.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
