@@ -86,8 +86,9 @@ class OpsServer:
                     f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
             writer.write(head.encode("ascii") + (b"" if method == "HEAD" else body))
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
-        except (asyncio.TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
-            # A slow, vanished or over-long request: closed without an answer, and without a log line.
+        except (asyncio.TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
+            # A slow, vanished or over-long request (readline's limit raises ValueError): closed without
+            # an answer, and without a log line.
             pass
         except Exception:  # noqa: BLE001 - one bad request must not end the server
             log.exception("metrics: request failed")

@@ -220,3 +220,39 @@ async def test_health_waits_for_the_workers_to_start_and_notices_a_loop_that_sto
     finally:
         server.close()
         db.close()
+
+
+async def test_the_ops_server_answers_get_only_and_drops_malformed_requests_quietly(tmp_path: Path, caplog):
+    import asyncio
+    from gateway.clock import SystemClock
+    from gateway.ops.health import Health
+    from gateway.ops.metrics import Metrics
+    from gateway.ops.server import OpsServer
+    from gateway.store.database import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'ops.db'}")
+    metrics = Metrics()
+    ops = OpsServer(metrics, Health(db, metrics, lambda: None, ("127.0.0.1", 1)), db, SystemClock(), ())
+    port = free_port()
+    await ops.start("127.0.0.1", port)
+
+    async def exchange(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer
+
+    try:
+        assert (await exchange(b"POST /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405 ")
+        assert await exchange(b"\x16\x03\x01 not http at all\r\n\r\n") == b""
+        assert await exchange(b"GET /" + b"x" * 70000 + b" HTTP/1.1\r\n\r\n") == b""
+        head = await exchange(b"HEAD /metrics HTTP/1.0\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+        answer = await exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503 ") and answer.endswith(b"\r\n\r\nSMTP listener is not serving\n")
+        assert not [r for r in caplog.records if r.name == "parentgate.metrics"]
+    finally:
+        await ops.close()
+        db.close()
