@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage, MIMEPart
-from email.parser import BytesHeaderParser
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from typing import Iterable
 
 import nh3
@@ -25,20 +26,35 @@ TEXT_LIMIT = 200_000
 
 
 def headers(head: bytes) -> dict[str, str]:
-    """Subject, From, To and Date of a message's header block, decoded (RFC 2047) and on one line."""
-    try:
-        msg = BytesHeaderParser(policy=policy.default).parsebytes(head + b"\r\n\r\n")
-    except Exception:  # noqa: BLE001 - a header we cannot parse is shown as missing
-        return {}
+    """Subject, From, To, Cc and Date of a message's header block, decoded (RFC 2047) and on one line.
+
+    A plain scan of the header lines (RFC 5322 §2.2.3 unfolding), not the email package's header
+    objects: the queue shows fifty messages at a time, and those cost a third of a millisecond each."""
+    wanted = {"subject", "from", "to", "cc", "date"}
     out: dict[str, str] = {}
-    for name in ("Subject", "From", "To", "Cc", "Date"):
+    name = ""
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if name in out:
+                out[name] += " " + line.strip().decode("utf-8", "replace")
+            continue
+        field, sep, value = line.partition(b":")
+        name = field.strip().lower().decode("ascii", "replace") if sep else ""
+        if name in wanted and name not in out:
+            out[name] = value.strip().decode("utf-8", "replace")
+    return {k: _decoded(v) for k, v in out.items()}
+
+
+def _decoded(value: str) -> str:
+    if "=?" in value:
         try:
-            value = msg.get(name)
-        except Exception:  # noqa: BLE001 - malformed header values are left out
-            value = None
-        if value is not None:
-            out[name.lower()] = " ".join(str(value).split())
-    return out
+            value = str(make_header(decode_header(value)))
+        except (LookupError, ValueError, UnicodeError, HeaderParseError):
+            pass
+    return " ".join(value.split())
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ class ConsoleServer:
         assert console is not None
         sock = socket.socket(socket.AF_INET6 if ":" in console.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Answers are written in more than one piece (head, then body); without TCP_NODELAY (which
+        # Linux passes on to accepted connections) Nagle's algorithm holds the body back until the
+        # client's delayed ACK, some 40 ms on every keep-alive request.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((console.host, console.port))
             sock.listen(128)

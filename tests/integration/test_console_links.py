@@ -53,3 +53,36 @@ def test_the_session_signing_key_is_made_once_and_shared(tmp_path: Path, databas
         assert len(key) >= 48 and services.console_signing_key(rt) == key
     finally:
         rt.db.close()
+
+
+def test_queries_are_scoped_to_the_schools_given_on_both_backends(tmp_path: Path, database_url: str):
+    from sqlalchemy import insert
+
+    from gateway.store.console import message_view, messages_in, related
+    from gateway.store.models import MessageRow
+    clock = FixedClock(utc(2026, 12, 3, 10, 0))
+    rt = runtime(tmp_path, database_url, clock)
+    try:
+        def row(school: str, state: str, n: int) -> dict[str, object]:
+            raw = f"Subject: s{n}\r\nFrom: p@parent.example\r\n\r\n{'x' * 20000}".encode()
+            return dict(school=school, source="smtp", mail_from="p@parent.example", rcpt_tos=["t@x.example"],
+                        raw=raw, size=len(raw), sha256="0" * 64, state=state, received_at=clock.now(),
+                        updated_at=clock.now(), reasons=[{"rule": "insult-to-staff", "evidence": "e"}],
+                        family="p@parent.example", half_term="h", counted=1, claims=0)
+        rt.db.transact(lambda s: s.execute(insert(MessageRow), [
+            row("oakfield", "in_review", 1), row("other", "in_review", 2), row("oakfield", "delivered", 3),
+            row("oakfield", "in_review", 4)]))
+        ours = frozenset({"oakfield"})
+        items = rt.db.transact(lambda s: messages_in(s, ours, "in_review"))
+        assert [i.head.decode()[:10] for i in items] == ["Subject: s", "Subject: s"]
+        assert [i.id for i in items] == [4, 1] and all(len(i.head) <= 16384 for i in items)
+        assert rt.db.transact(lambda s: messages_in(s, ours, "in_review", reason="insult-to-staff", before=4))[0].id == 1
+        assert rt.db.transact(lambda s: messages_in(s, ours, "in_review", reason="threat")) == []
+        assert rt.db.transact(lambda s: messages_in(s, ours, "in_review", school="other")) == []
+        assert rt.db.transact(lambda s: message_view(s, ours, 2)) is None
+        view = rt.db.transact(lambda s: message_view(s, ours, 1))
+        assert view is not None and len(view.raw) > 20000
+        family, _thread = rt.db.transact(lambda s: related(s, view))
+        assert [r.id for r in family] == [1, 3, 4]
+    finally:
+        rt.db.close()
