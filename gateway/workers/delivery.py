@@ -14,10 +14,10 @@ seconds; an outcome is recorded only for a row still ours (see `_record`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
-import dataclasses
 from collections import deque
 from datetime import datetime
 from typing import Awaitable, Callable
@@ -184,7 +184,7 @@ class DeliveryWorker:
             await asyncio.gather(recorder, keeper, return_exceptions=True)
 
     def _finished(self, job: Job, outcome: Outcome) -> None:
-        """An attempt's outcome, for the recorder; its slot is free for the next attempt at once."""
+        """An attempt's outcome, for the recorder; its slot stays taken until the outcome is committed."""
         self._in_flight.pop(job.outbox_id, None)
         self._unrecorded[job.outbox_id] = job
         self._outcomes.append((job, outcome))
