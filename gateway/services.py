@@ -268,3 +268,41 @@ def reply_as_head(rt: Runtime, message_id: int, actor: str, name: str, text: str
         record(session, row, actor=actor, now=now, reason=f"replied to {to} by {actor}")
         return to
     return rt.db.transact(run)
+
+
+def mark_seen(rt: Runtime, message_id: int, actor: str) -> None:
+    """The DSL has seen a safeguarding message: recorded on it (who and when); nothing else changes."""
+    from gateway.store.console import SEEN
+    from gateway.store.queue import record
+
+    def run(session: Session) -> None:
+        row = session.get(MessageRow, message_id)
+        if row is None:
+            raise ServiceError(f"no message {message_id}")
+        record(session, row, actor=actor, now=rt.clock.now(), reason=SEEN + actor)
+    rt.db.transact(run)
+
+
+def forward_to_dsl(rt: Runtime, message_id: int, actor: str, note: str) -> str:
+    """The Head sends a message on to the school's DSL with a note: the original attached as it came."""
+    import uuid
+
+    from gateway.act.reply import compose_forward
+    from gateway.decide.acknowledge import make_message_id
+    from gateway.store.queue import record
+    from gateway.workers.dispatch import outbox_row
+
+    def run(session: Session) -> str:
+        row = session.get(MessageRow, message_id)
+        if row is None:
+            raise ServiceError(f"no message {message_id}")
+        now = rt.clock.now()
+        dsl = rt.config.school(row.school).dsl
+        reasons = [(r.get("rule", ""), r.get("evidence", "")) for r in row.reasons or ()]
+        data = compose_forward(original_raw=row.raw, from_addr=actor, to_addr=dsl, note=note, reasons=reasons,
+                               now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex))
+        session.add(outbox_row(row, "forward", mail_from=rt.config.gateway.postmaster, rcpts=[dsl], now=now,
+                               payload=data))
+        record(session, row, actor=actor, now=now, reason=f"forwarded to the DSL {dsl} by {actor}: {note}")
+        return dsl
+    return rt.db.transact(run)

@@ -42,3 +42,24 @@ def compose_reply(*, original_raw: bytes, from_addr: str, from_name: str, to_add
     msg["X-Parentgate"] = "head-reply"
     msg.set_content(body, charset="utf-8", cte=None if body.isascii() else "quoted-printable")
     return msg.as_bytes(policy=SMTP if to_addr.isascii() else SMTPUTF8)
+
+
+def compose_forward(*, original_raw: bytes, from_addr: str, to_addr: str, note: str,
+                    reasons: list[tuple[str, str]], now: datetime, message_id: str) -> bytes:
+    """The Head's note to the DSL with the parent's message attached as it came (message/rfc822)."""
+    head = message_from_bytes(original_raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n", policy=policy.compat32)
+    subject = " ".join(str(head.get("Subject", "")).split())[:200]
+    msg = EmailMessage()
+    msg["From"] = from_addr
+    msg["To"] = to_addr
+    msg["Subject"] = f"For the DSL: {subject}".strip()
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = message_id
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Parentgate"] = "dsl-forward"
+    why = "\n".join(f"  - {rule}: {evidence}" for rule, evidence in reasons) or "  (no reasons recorded)"
+    text = (f"{from_addr} has forwarded this message to you from the school's email console.\n\n"
+            f"Their note:\n{note}\n\nWhy it was held:\n{why}\n\nThe original message is attached as it was received.\n")
+    msg.set_content(text, charset="utf-8", cte=None if text.isascii() else "quoted-printable")
+    msg.add_attachment(message_from_bytes(original_raw, policy=policy.SMTP), filename="original.eml")
+    return msg.as_bytes(policy=SMTP)

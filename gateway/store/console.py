@@ -88,6 +88,9 @@ class QueueItem:
     family: str | None
     reasons: tuple[tuple[str, str], ...]
     head: bytes
+    state: str = ""
+    route: str | None = None
+    release_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -137,16 +140,19 @@ def _head(raw: bytes) -> bytes:
     return raw[: end if 0 <= end < HEAD_BYTES else HEAD_BYTES]
 
 
-def messages_in(session: Session, schools: frozenset[str], state: str, *, school: str | None = None,
+def messages_in(session: Session, schools: frozenset[str], state: str | None, *, school: str | None = None,
                 reason: str | None = None, route: str | None = None, limit: int = 50,
                 before: int | None = None) -> list[QueueItem]:
-    """Messages in `state` for these schools, newest first, `limit` at a time (keyset on the id)."""
+    """Messages in `state` (any when None) for these schools, newest first, `limit` at a time (keyset
+    on the id)."""
     allowed = schools & {school} if school else schools
     if not allowed:
         return []
     query = select(MessageRow.id, MessageRow.school, MessageRow.mail_from, MessageRow.received_at,
-                   MessageRow.family, MessageRow.reasons, _first_bytes()).where(
-        MessageRow.state == state, MessageRow.school.in_(sorted(allowed)))
+                   MessageRow.family, MessageRow.reasons, _first_bytes(), MessageRow.state, MessageRow.route,
+                   MessageRow.release_at).where(MessageRow.school.in_(sorted(allowed)))
+    if state is not None:
+        query = query.where(MessageRow.state == state)
     if route:
         query = query.where(MessageRow.route == route)
     if reason:
@@ -156,7 +162,8 @@ def messages_in(session: Session, schools: frozenset[str], state: str, *, school
         query = query.where(MessageRow.id < before)
     query = query.order_by(MessageRow.id.desc()).limit(limit)
     return [QueueItem(id=r.id, school=r.school, mail_from=r.mail_from, received_at=r.received_at,
-                      family=r.family, reasons=_reasons(r.reasons), head=_head(bytes(r.head)))
+                      family=r.family, reasons=_reasons(r.reasons), head=_head(bytes(r.head)), state=r.state,
+                      route=r.route, release_at=r.release_at)
             for r in session.execute(query)]
 
 
@@ -193,3 +200,51 @@ def related(session: Session, view: MessageView, limit: int = 50) -> tuple[list[
 def message_events(session: Session, message_id: int) -> list[tuple[datetime, str | None, str, str, str]]:
     return [(e.at, e.from_state, e.to_state, e.actor, e.reason) for e in session.scalars(
         select(EventRow).where(EventRow.message == message_id).order_by(EventRow.id))]
+
+
+SEEN = "seen by "
+
+
+def seen_by(session: Session, ids: list[int]) -> dict[int, tuple[str, datetime]]:
+    """Who first recorded having seen each of these messages, and when (the DSL's "Seen")."""
+    if not ids:
+        return {}
+    found: dict[int, tuple[str, datetime]] = {}
+    for e in session.execute(select(EventRow.message, EventRow.actor, EventRow.at).where(
+            EventRow.message.in_(ids), EventRow.reason.like(SEEN + "%")).order_by(EventRow.id)):
+        found.setdefault(e.message, (e.actor, e.at))
+    return found
+
+
+@dataclass(frozen=True)
+class Activity:
+    at: datetime
+    actor: str
+    message: int
+    school: str
+    from_state: str | None
+    to_state: str
+    reason: str
+
+
+# Events written by the gateway itself: its lease owner names carry a colon, intake is "smtp"/"imap".
+_SYSTEM_ACTORS = ("smtp", "imap")
+
+
+def activity(session: Session, schools: frozenset[str], *, actor: str | None = None,
+             since: datetime | None = None, until: datetime | None = None, limit: int = 200) -> list[Activity]:
+    """Actions people took (console or CLI) on these schools' messages, newest first."""
+    if not schools:
+        return []
+    query = select(EventRow.at, EventRow.actor, EventRow.message, MessageRow.school, EventRow.from_state,
+                   EventRow.to_state, EventRow.reason).join(MessageRow, MessageRow.id == EventRow.message).where(
+        MessageRow.school.in_(sorted(schools)), ~EventRow.actor.like("%:%"), EventRow.actor.not_in(_SYSTEM_ACTORS))
+    if actor:
+        query = query.where(EventRow.actor == actor)
+    if since is not None:
+        query = query.where(EventRow.at >= since)
+    if until is not None:
+        query = query.where(EventRow.at < until)
+    query = query.order_by(EventRow.id.desc()).limit(limit)
+    return [Activity(at=r.at, actor=r.actor, message=r.message, school=r.school, from_state=r.from_state,
+                     to_state=r.to_state, reason=r.reason) for r in session.execute(query)]

@@ -28,6 +28,11 @@ class Viewer:
     def can(self, school: str, *roles: str) -> bool:
         return bool(self.roles.get(school, frozenset()) & set(roles))
 
+    def may_read(self, school: str, route: str | None) -> bool:
+        """A message's page: heads and the trust read their schools' messages; the DSL reads those
+        routed to the DSL."""
+        return self.can(school, HEAD, TRUST) or (route == "dsl" and self.can(school, DSL))
+
     @property
     def readers(self) -> frozenset[str]:
         """Schools whose review queue and messages this person may read (heads and the trust)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -29,7 +29,7 @@ from gateway.act.reply import parent_address
 from gateway.act.transport import Transport
 from gateway.domain.states import State
 from gateway.store import console as queries
-from gateway.web.identity import HEAD, Viewer, viewer_for
+from gateway.web.identity import DSL, HEAD, OFFICE, TRUST, Viewer, viewer_for
 from gateway.web.render import attachments, headers, parse, render
 from gateway.web.security import (COOKIE, RateLimit, SecurityHeaders, Session, Sessions, csrf_ok, new_token,
                                   token_hash)
@@ -42,6 +42,26 @@ _DONE = {State.QUEUED.value: "sent on to the addressee", State.DELIVERED.value: 
          State.FORWARDED.value: "forwarded", State.HELD.value: "held until the school opens",
          State.DISMISSED.value: "dismissed (kept, not delivered)", State.IN_REVIEW.value: "waiting for review",
          State.FAILED.value: "delivery failed"}
+
+
+def _home(viewer: Viewer | None) -> str:
+    """Where a person starts: the review queue, the safeguarding page or the held mail."""
+    if viewer is None or viewer.readers:
+        return "/queue"
+    return "/safeguarding" if viewer.schools(DSL) else "/held"
+
+
+def _action(src: str | None, dst: str, reason: str) -> str:
+    """An event as a line of the activity page (the reason is the operator's own words)."""
+    if reason.startswith(("replied", "forwarded", "seen by")):
+        return reason.split(" by ", 1)[0] if reason.startswith("seen") else reason.split(":")[0]
+    if dst == State.DISMISSED.value:
+        return "dismissed" + (": " + reason.split(": ", 1)[1] if ": " in reason else "")
+    if src == State.IN_REVIEW.value:
+        return "released" + (" (held until the school opens)" if dst == State.HELD.value else "")
+    if src == State.HELD.value:
+        return "released early"
+    return f"{src or 'new'} → {dst}: {reason}"
 
 
 class Forbidden(Exception):
@@ -69,6 +89,10 @@ class Console:
             Route("/messages/{id:int}/release", self.release, methods=["POST"]),
             Route("/messages/{id:int}/dismiss", self.dismiss, methods=["POST"]),
             Route("/messages/{id:int}/reply", self.reply, methods=["POST"]),
+            Route("/messages/{id:int}/forward", self.forward, methods=["POST"]),
+            Route("/messages/{id:int}/seen", self.seen, methods=["POST"]),
+            Route("/held", self.held), Route("/held/{id:int}/release", self.release_held, methods=["POST"]),
+            Route("/safeguarding", self.safeguarding), Route("/activity", self.activity),
             Route("/messages/{id:int}/attachments/{n:int}", self.attachment),
             Route("/ping", self.ping), Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
@@ -124,8 +148,9 @@ class Console:
 
     async def home(self, request: Request) -> Response:
         session = self._session(request)
-        if self._viewer(session) is not None:
-            return RedirectResponse("/queue", status_code=303)
+        viewer = self._viewer(session)
+        if viewer is not None:
+            return RedirectResponse(_home(viewer), status_code=303)
         return self._page("sign_in.html", session, minutes=self.rt.config.console.link_minutes)  # type: ignore[union-attr]
 
     async def request_link(self, request: Request) -> Response:
@@ -196,7 +221,7 @@ class Console:
         log.info("console: signed in")
         # A new CSRF token with the new session: nothing learned before signing in carries over.
         fresh = Session(email=email, csrf=new_token(), began=time.time())
-        response = RedirectResponse("/queue", status_code=303)
+        response = RedirectResponse(_home(viewer_for(self.rt.config, email)), status_code=303)
         response.headers.append("set-cookie", self.sessions.cookie_header(fresh))
         return response
 
@@ -217,6 +242,8 @@ class Console:
 
     async def queue(self, request: Request) -> Response:
         async def page(session: Session, viewer: Viewer) -> Response:
+            if not viewer.readers:
+                return RedirectResponse(_home(viewer), status_code=303)
             school = request.query_params.get("school") or None
             reason = (request.query_params.get("reason") or "").strip()[:64] or None
             before = request.query_params.get("before")
@@ -239,7 +266,8 @@ class Console:
         return await self._guarded(request, page)
 
     def _visible(self, viewer: Viewer) -> frozenset[str]:
-        return viewer.readers
+        """Schools whose messages may be loaded at all; `Viewer.may_read` then decides per message."""
+        return viewer.schools(HEAD, TRUST, DSL)
 
     async def message(self, request: Request) -> Response:
         async def page(session: Session, viewer: Viewer) -> Response:
@@ -251,7 +279,7 @@ class Console:
                             problem: str | None = None, status: int = 200) -> Response:
         def read(s: Any) -> Any:
             view = queries.message_view(s, self._visible(viewer), message_id)
-            if view is None:
+            if view is None or not viewer.may_read(view.school, view.route):
                 return None
             return view, queries.related(s, view), queries.message_events(s, view.id)
         found = await self.rt.db.run(read)
@@ -263,13 +291,17 @@ class Console:
         status_text = _DONE.get(view.state, view.state)
         if view.state == State.HELD.value and view.release_at:
             status_text = f"held until {self._when(view.release_at)}"
-        banner = (f"Done: your reply to {parent_address(view.raw, view.mail_from)} is on its way." if done == "reply"
+        banner = ("Done: sent to the DSL with your note." if done == "forward" else
+                  "Done: recorded that you have seen it." if done == "seen" else
+                  f"Done: your reply to {parent_address(view.raw, view.mail_from)} is on its way." if done == "reply"
                   else f"Done: this message is now {status_text}." if done else None)
         return self._page(
             "message.html", session, status, m=view, h=h, body=body, received=self._when(view.received_at),
             state_text=status_text, banner=banner, problem=problem,
             can_act=view.state == State.IN_REVIEW.value and viewer.can(view.school, HEAD),
             can_reply=viewer.can(view.school, HEAD), reply_to=parent_address(view.raw, view.mail_from),
+            can_see=view.route == "dsl" and viewer.can(view.school, DSL),
+            seen=(await self.rt.db.run(lambda s: queries.seen_by(s, [view.id]))).get(view.id),
             release_text=self._release_text(view), family=self._related(family), thread=self._related(thread),
             events=[{"when": self._when(at), "what": f"{src or 'new'} → {dst}", "actor": actor}
                     for at, src, dst, actor, _reason in events])
@@ -347,11 +379,110 @@ class Console:
             return RedirectResponse(f"/messages/{message_id}?done=reply", status_code=303)
         return await self._guarded(request, act)
 
+    async def forward(self, request: Request) -> Response:
+        async def act(session: Session, viewer: Viewer) -> Response:
+            form = await self._form(request, session)
+            message_id = request.path_params["id"]
+            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(HEAD), message_id))
+            if view is None:
+                return await self._not_found_page(session)
+            note = form.get("note", "").strip()[:2000]
+            if not note:
+                return await self._message_page(session, viewer, message_id, status=400,
+                                                problem="Write a note for the DSL before forwarding.")
+            await self.rt.db.call(lambda: services.forward_to_dsl(self.rt, message_id, viewer.email, note))
+            self.rt.wake_delivery()
+            log.info("console: message %s forwarded to the DSL", message_id)
+            return RedirectResponse(f"/messages/{message_id}?done=forward", status_code=303)
+        return await self._guarded(request, act)
+
+    async def seen(self, request: Request) -> Response:
+        async def act(session: Session, viewer: Viewer) -> Response:
+            await self._form(request, session)
+            message_id = request.path_params["id"]
+            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(DSL), message_id))
+            if view is None or view.route != "dsl":
+                return await self._not_found_page(session)
+            await self.rt.db.call(lambda: services.mark_seen(self.rt, message_id, viewer.email))
+            return RedirectResponse("/safeguarding", status_code=303)
+        return await self._guarded(request, act)
+
+    async def safeguarding(self, request: Request) -> Response:
+        async def page(session: Session, viewer: Viewer) -> Response:
+            schools = viewer.schools(DSL)
+            if not schools:
+                return await self._not_found_page(session)
+
+            def read(s: Any) -> Any:
+                items = queries.messages_in(s, schools, None, route="dsl", limit=PAGE_SIZE)
+                return items, queries.seen_by(s, [i.id for i in items])
+            items, seen = await self.rt.db.run(read)
+            shown = [dict(self._item(i), seen=seen.get(i.id), seen_text=(
+                f"Seen by {seen[i.id][0]}, {self._when(seen[i.id][1])}" if i.id in seen else "")) for i in items]
+            return self._page("safeguarding.html", session, items=shown)
+        return await self._guarded(request, page)
+
+    async def held(self, request: Request) -> Response:
+        async def page(session: Session, viewer: Viewer) -> Response:
+            schools = viewer.schools(OFFICE, HEAD)
+            if not schools:
+                return await self._not_found_page(session)
+            items = await self.rt.db.run(lambda s: queries.messages_in(s, schools, State.HELD.value,
+                                                                       limit=PAGE_SIZE * 4))
+            shown = [dict(self._item(i), until=self._when(i.release_at), link=viewer.may_read(i.school, i.route))
+                     for i in items]
+            return self._page("held.html", session, items=shown)
+        return await self._guarded(request, page)
+
+    async def release_held(self, request: Request) -> Response:
+        async def act(session: Session, viewer: Viewer) -> Response:
+            await self._form(request, session)
+            message_id = request.path_params["id"]
+            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(OFFICE, HEAD), message_id))
+            if view is None:
+                return await self._not_found_page(session)
+            try:
+                await self.rt.db.call(lambda: services.release(self.rt, [message_id], viewer.email))
+            except services.ServiceError:
+                pass
+            self.rt.wake_delivery()
+            log.info("console: held message %s released early", message_id)
+            return RedirectResponse("/held", status_code=303)
+        return await self._guarded(request, act)
+
+    async def activity(self, request: Request) -> Response:
+        async def page(session: Session, viewer: Viewer) -> Response:
+            schools = viewer.readers
+            if not schools:
+                return await self._not_found_page(session)
+            person = (request.query_params.get("person") or "").strip()[:320] or None
+            day = request.query_params.get("day") or ""
+            since = until = None
+            try:
+                if day:
+                    start = datetime.fromisoformat(day).replace(tzinfo=self.rt.config.tz)
+                    since, until = start, start + timedelta(days=1)
+            except ValueError:
+                day = ""
+            rows = await self.rt.db.run(lambda s: queries.activity(s, schools, actor=person, since=since,
+                                                                   until=until))
+            shown = [{"when": self._when(a.at), "actor": a.actor, "message": a.message,
+                      "what": _action(a.from_state, a.to_state, a.reason)} for a in rows]
+            return self._page("activity.html", session, rows=shown, person=person or "", day=day)
+        return await self._guarded(request, page)
+
+    def _item(self, item: queries.QueueItem) -> dict[str, Any]:
+        h = headers(item.head)
+        return {"id": item.id, "subject": h.get("subject", ""), "sender": h.get("from") or item.mail_from,
+                "to": h.get("to", ""), "family": item.family, "received": self._when(item.received_at),
+                "school": item.school, "rules": sorted({r for r, _ in item.reasons}), "reasons": item.reasons,
+                "state": _DONE.get(item.state, item.state)}
+
     async def attachment(self, request: Request) -> Response:
         async def download(session: Session, viewer: Viewer) -> Response:
             message_id, n = request.path_params["id"], request.path_params["n"]
             view = await self.rt.db.run(lambda s: queries.message_view(s, self._visible(viewer), message_id))
-            if view is None:
+            if view is None or not viewer.may_read(view.school, view.route):
                 return await self._not_found_page(session)
             for info, part in attachments(parse(view.raw)):
                 if info.index == n:

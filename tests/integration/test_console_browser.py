@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.timeout(240),
 
 OTHER_DOMAIN = "hillcrest.sch.example"
 OTHER_HEAD = f"head@{OTHER_DOMAIN}"
+CLOSED_DOMAIN = "closed.sch.example"
 HOSTILE = ("You are a useless, pathetic excuse for a teacher. Keeping {child} in again is a disgrace and\r\n"
            "you know it. If you put him in detention one more time I will come into that school and\r\n"
            "sort you out myself. I will make sure everyone knows what a bully you are.\r\n")
@@ -81,6 +82,11 @@ class Setup:
             f.write(f'\n[[schools]]\nid = "hillcrest"\nname = "Hillcrest School"\ndomains = ["{OTHER_DOMAIN}"]\n'
                     f'head_of_school = "{OTHER_HEAD}"\noffice = "office@{OTHER_DOMAIN}"\n'
                     f'dsl = "dsl@{OTHER_DOMAIN}"\n' + always_open().replace("[schools.", "[schools."))
+            # A third school is closed all the time (its first half-term is years away): its mail is held.
+            f.write(f'\n[[schools]]\nid = "closed"\nname = "Closed School"\ndomains = ["{CLOSED_DOMAIN}"]\n'
+                    f'head_of_school = "head@{CLOSED_DOMAIN}"\noffice = "office@{CLOSED_DOMAIN}"\n'
+                    f'dsl = "dsl@{CLOSED_DOMAIN}"\n[[schools.half_terms]]\nname = "Later"\n'
+                    f'start = 2034-01-02\nend = 2034-02-10\n')
         self.log = tmp / "daemon.log"
         self.proc = start_daemon(self.cfg, self.smtp, self.log)
         self.pixel = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pixel)
@@ -104,6 +110,13 @@ class Setup:
         new = poll(lambda: self.review_ids() - before)
         assert new, "the message never reached the review queue"
         return max(new)
+
+    def ids_routed(self, route: str) -> set[int]:
+        out = self.cli("queue", "--limit", "1000")
+        return {int(m.group(1)) for m in re.finditer(rf"^\s*(\d+)\s+\S+\s+{route}\s", out, re.M)}
+
+    def ids_held(self) -> set[int]:
+        return {int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s", self.cli("held"), re.M)}
 
     def close(self) -> None:
         stop(self.proc)
@@ -142,7 +155,7 @@ def sign_in(setup: Setup, browser: Any, address: str = HEAD) -> tuple[Any, Any, 
     if address in setup.signed_in:
         ctx, link = setup.signed_in[address]
         page = ctx.new_page()
-        page.goto(setup.base + "/queue")
+        page.goto(setup.base + "/")
         return ctx, page, link
     ctx = browser.new_context()
     page = ctx.new_page()
@@ -155,7 +168,7 @@ def sign_in(setup: Setup, browser: Any, address: str = HEAD) -> tuple[Any, Any, 
     assert link and link.startswith(setup.base + "/")
     page.goto(link)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(setup.base + "/queue")
+    page.wait_for_url(re.compile(re.escape(setup.base) + "/(queue|safeguarding|held)$"))
     setup.signed_in[address] = (ctx, link)
     return ctx, page, link
 
@@ -358,3 +371,76 @@ def test_screenshots_of_the_queue_and_a_message_page_on_a_laptop_and_a_phone(
     phone.screenshot(path=str(out / "console-message-phone.png"))
     for name in ("console-queue.png", "console-message.png", "console-message-phone.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_dsl_sees_safeguarding_messages_unseen_first_and_marks_them_seen(setup: Setup, browser: Any) -> None:
+    dsl = f"dsl@{DOMAIN}"
+    before = setup.ids_routed("dsl")
+    with smtplib.SMTP("127.0.0.1", setup.smtp, timeout=30) as s:
+        s.sendmail("amy.ford@parent.example", [STAFF], raw(
+            "sg-1", "Amy Ford <amy.ford@parent.example>", STAFF, "Worried about Leo",
+            "Leo told me last night that his stepdad hits him and he is scared to go home on Fridays.\r\n"))
+    new = poll(lambda: setup.ids_routed("dsl") - before)
+    assert new
+    message_id = max(new)
+    ctx, page, _ = sign_in(setup, browser, dsl)
+    # The DSL starts on the Safeguarding page and has no review queue.
+    page.goto(setup.base + "/")
+    page.wait_for_url(setup.base + "/safeguarding")
+    card = page.locator(".card.unseen", has_text="Worried about Leo")
+    assert card.count() == 1 and card.locator("mark").count() >= 1
+    assert page.goto(setup.base + "/queue").url == setup.base + "/safeguarding"
+    # The DSL may open it, but not a message in the Head's review queue.
+    assert page.goto(f"{setup.base}/messages/{message_id}").status == 200
+    in_review = sorted(setup.review_ids())
+    if in_review:
+        assert page.goto(f"{setup.base}/messages/{in_review[0]}").status == 404
+    page.goto(setup.base + "/safeguarding")
+    page.locator(".card", has_text="Worried about Leo").get_by_role("button", name="Seen").click()
+    page.wait_for_url(setup.base + "/safeguarding")
+    page.get_by_text(f"Seen by {dsl}").wait_for()
+    assert page.locator(".card.unseen", has_text="Worried about Leo").count() == 0
+    assert f"seen by {dsl}" in setup.cli("show", str(message_id))
+
+
+def test_held_mail_is_listed_with_its_time_and_released_early_by_the_office(setup: Setup, browser: Any) -> None:
+    office = f"office@{CLOSED_DOMAIN}"
+    before = setup.ids_held()
+    data = raw("held-1", "Jo Park <jo.park@parent.example>", f"t.west@{CLOSED_DOMAIN}", "PE kit", "Hello, is PE on Tuesday?\r\n")
+    with smtplib.SMTP("127.0.0.1", setup.smtp, timeout=30) as s:
+        s.sendmail("jo.park@parent.example", [f"t.west@{CLOSED_DOMAIN}"], data)
+    new = poll(lambda: setup.ids_held() - before)
+    assert new
+    _ctx, page, _ = sign_in(setup, browser, office)
+    assert page.url == setup.base + "/held"
+    card = page.locator(".card", has_text="PE kit")
+    assert card.count() == 1 and "2034" in card.inner_text()
+    card.get_by_role("button", name="Release now").click()
+    page.wait_for_url(setup.base + "/held")
+    assert poll(lambda: [r for r in setup.sink.to(f"t.west@{CLOSED_DOMAIN}") if r.data.endswith(data)])
+    assert max(new) not in setup.ids_held()
+    page.reload()
+    assert page.locator(".card", has_text="PE kit").count() == 0
+
+
+def test_forward_to_the_dsl_and_the_activity_page_shows_console_and_cli_actions(setup: Setup, browser: Any) -> None:
+    message_id = setup.submit(raw("fwd-1", "Rob Dale <rob.dale@parent.example>", STAFF, "Sports day",
+                                  HOSTILE.format(child="Max")))
+    _ctx, page, _ = sign_in(setup, browser)
+    page.goto(f"{setup.base}/messages/{message_id}")
+    page.get_by_label("Message for the DSL").fill("Please look at the family's file.")
+    page.get_by_role("button", name="Forward to the DSL").click()
+    page.wait_for_url(re.compile(r"done=forward"))
+    sent = poll(lambda: [r for r in setup.sink.to(f"dsl@{DOMAIN}") if r.message["X-Parentgate"] == "dsl-forward"])
+    assert sent and "Please look at the family's file." in sent[0].message.get_body(("plain",)).get_content()
+    assert message_id in setup.review_ids()
+    # An operator dismisses another message on the server; the Activity page shows both people's actions.
+    other = setup.submit(raw("fwd-2", "Rob Dale <rob.dale@parent.example>", STAFF, "Sports day again",
+                             HOSTILE.format(child="Max")))
+    setup.cli("review", "dismiss", str(other), "--note", "dealt with by phone", "--actor", "itmanager")
+    page.goto(setup.base + "/activity")
+    text = page.locator("table.activity").inner_text()
+    assert "forwarded to the DSL" in text and HEAD in text
+    assert "itmanager" in text and "dealt with by phone" in text
+    page.goto(setup.base + "/activity?person=itmanager")
+    assert HEAD not in page.locator("table.activity").inner_text()
