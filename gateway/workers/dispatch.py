@@ -93,9 +93,26 @@ def enqueue(session: Session, message: MessageRow, deliveries: tuple[Delivery, .
         else:
             # Copies to the office and DSL bounce to the postmaster, never back to the parent.
             rows.append(outbox_row(message, "copy", mail_from=config.gateway.postmaster,
-                                   rcpts=list(delivery.rcpts), now=now))
+                                   rcpts=list(delivery.rcpts), now=now, payload=dsl_copy(message, delivery, config, now)))
     session.add_all(rows)
     return rows
+
+
+def dsl_copy(message: MessageRow, delivery: Delivery, config: Config, now: datetime) -> bytes | None:
+    """With the console, the DSL's copy says why it was sent and links to the Safeguarding page;
+    otherwise (and for the office's copy) the original goes as it came (None: the message's bytes)."""
+    if config.console is None:
+        return None
+    school = config.school(message.school)
+    if list(delivery.rcpts) != [school.dsl]:
+        return None
+    import uuid
+
+    from gateway.act.reply import compose_dsl_copy
+    reasons = [(r.get("rule", ""), r.get("evidence", "")) for r in message.reasons or ()]
+    return compose_dsl_copy(original_raw=message.raw, from_addr=config.gateway.postmaster, to_addr=school.dsl,
+                            reasons=reasons, safeguarding_url=f"{config.console.base_url}/safeguarding", now=now,
+                            message_id=f"<{uuid.uuid4().hex}@{config.smtp.hostname}>")
 
 
 def session_add_staff_rows(session: Session, message: MessageRow, config: Config, now: datetime) -> None:

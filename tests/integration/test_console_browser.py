@@ -383,6 +383,12 @@ def test_the_dsl_sees_safeguarding_messages_unseen_first_and_marks_them_seen(set
     new = poll(lambda: setup.ids_routed("dsl") - before)
     assert new
     message_id = max(new)
+    # The DSL's copy says why it came and links to the Safeguarding page, with the original attached.
+    copies = poll(lambda: [r for r in setup.sink.to(dsl) if r.message["X-Parentgate"] == "dsl-copy"])
+    assert copies
+    note = copies[0].message.get_body(("plain",)).get_content()
+    assert "stepdad hits him" in note and f"{setup.base}/safeguarding" in note
+    assert b"Leo told me last night" in copies[0].data
     ctx, page, _ = sign_in(setup, browser, dsl)
     # The DSL starts on the Safeguarding page and has no review queue.
     page.goto(setup.base + "/")
