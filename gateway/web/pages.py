@@ -1,4 +1,4 @@
-"""The console's pages: sign-in, the review queue and the message page, with their two actions.
+"""The console's application: its routes, the review queue and the message page with its actions.
 
 Handlers read through `gateway.store.console` (every query scoped by `Viewer`) and change things
 only through `gateway.services`. A GET never changes anything; every POST carries the CSRF token.
@@ -6,21 +6,14 @@ only through `gateway.services`. A GET never changes anything; every POST carrie
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from datetime import datetime, timedelta
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
-from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -29,46 +22,18 @@ from gateway.act.reply import parent_address
 from gateway.act.transport import Transport
 from gateway.domain.states import State
 from gateway.store import console as queries
-from gateway.web.identity import DSL, HEAD, OFFICE, TRUST, Viewer, viewer_for
+from gateway.web.base import _DONE, HERE, PAGE_SIZE, _home
+from gateway.web.identity import DSL, HEAD, Viewer
 from gateway.web.render import attachments, headers, parse, render
-from gateway.web.security import (COOKIE, RateLimit, SecurityHeaders, Session, Sessions, csrf_ok, new_token,
-                                  token_hash)
+from gateway.web.roles import RolePages
+from gateway.web.security import RateLimit, SecurityHeaders, Session, Sessions
+from gateway.web.signin import SignInPages
 from gateway.workers.runtime import Runtime
 
 log = logging.getLogger("parentgate.console")
-HERE = Path(__file__).parent
-PAGE_SIZE = 50
-_DONE = {State.QUEUED.value: "sent on to the addressee", State.DELIVERED.value: "delivered",
-         State.FORWARDED.value: "forwarded", State.HELD.value: "held until the school opens",
-         State.DISMISSED.value: "dismissed (kept, not delivered)", State.IN_REVIEW.value: "waiting for review",
-         State.FAILED.value: "delivery failed"}
 
 
-def _home(viewer: Viewer | None) -> str:
-    """Where a person starts: the review queue, the safeguarding page or the held mail."""
-    if viewer is None or viewer.readers:
-        return "/queue"
-    return "/safeguarding" if viewer.schools(DSL) else "/held"
-
-
-def _action(src: str | None, dst: str, reason: str) -> str:
-    """An event as a line of the activity page (the reason is the operator's own words)."""
-    if reason.startswith(("replied", "forwarded", "seen by")):
-        return reason.split(" by ", 1)[0] if reason.startswith("seen") else reason.split(":")[0]
-    if dst == State.DISMISSED.value:
-        return "dismissed" + (": " + reason.split(": ", 1)[1] if ": " in reason else "")
-    if src == State.IN_REVIEW.value:
-        return "released" + (" (held until the school opens)" if dst == State.HELD.value else "")
-    if src == State.HELD.value:
-        return "released early"
-    return f"{src or 'new'} → {dst}: {reason}"
-
-
-class Forbidden(Exception):
-    """A POST without a valid CSRF token."""
-
-
-class Console:
+class Console(SignInPages, RolePages):
     """The console's state: the runtime, templates, sessions and limits; `app` is the ASGI app."""
 
     def __init__(self, rt: Runtime, signing_key: str, mailer: Transport) -> None:
@@ -99,146 +64,8 @@ class Console:
         app = Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
         self.app = SecurityHeaders(app)
 
-    # The one place that says who is asking: every page calls this before it reads anything.
-
-    def _session(self, request: Request) -> Session:
-        return self.sessions.read(request.cookies.get(COOKIE))
-
-    def _viewer(self, session: Session) -> Viewer | None:
-        return viewer_for(self.rt.config, session.email) if session.signed_in else None
-
-    async def _form(self, request: Request, session: Session) -> dict[str, str]:
-        form = await request.form()
-        submitted = form.get("csrf")
-        if not csrf_ok(session, submitted if isinstance(submitted, str) else None):
-            raise Forbidden
-        return {k: v for k, v in form.items() if isinstance(v, str)}
-
-    def _page(self, template: str, session: Session, status: int = 200, **values: Any) -> HTMLResponse:
-        values.setdefault("viewer", self._viewer(session))
-        html = self.templates.get_template(template).render(csrf=session.csrf, **values)
-        response = HTMLResponse(html, status_code=status)
-        response.headers.append("set-cookie", self.sessions.cookie_header(session))
-        return response
-
-    def _problem(self, session: Session, status: int, heading: str, text: str) -> HTMLResponse:
-        return self._page("problem.html", session, status, heading=heading, text=text)
-
-    def _when(self, t: datetime | None) -> str:
-        return t.astimezone(self.rt.config.tz).strftime("%a %d %b %Y, %H:%M") if t else "-"
-
-    async def _not_found(self, request: Request, exc: Exception) -> Response:
-        return self._problem(self._session(request), 404, "Not found",
-                             "There is nothing here, or it is not yours to see.")
-
-    async def _not_allowed(self, request: Request, exc: Exception) -> Response:
-        return PlainTextResponse("Method not allowed", status_code=405)
-
-    async def _guarded(self, request: Request, handler: Callable[[Session, Viewer], Awaitable[Response]]) -> Response:
-        session = self._session(request)
-        viewer = self._viewer(session)
-        if viewer is None:
-            return RedirectResponse("/", status_code=303)
-        try:
-            return await handler(session, viewer)
-        except Forbidden:
-            return self._problem(session, 403, "Refused", "The form had expired. Go back, reload and try again.")
-
-    # Signing in.
-
-    async def home(self, request: Request) -> Response:
-        session = self._session(request)
-        viewer = self._viewer(session)
-        if viewer is not None:
-            return RedirectResponse(_home(viewer), status_code=303)
-        return self._page("sign_in.html", session, minutes=self.rt.config.console.link_minutes)  # type: ignore[union-attr]
-
-    async def request_link(self, request: Request) -> Response:
-        session = self._session(request)
-        try:
-            form = await self._form(request, session)
-        except Forbidden:
-            return self._problem(session, 403, "Refused", "The form had expired. Reload the page and try again.")
-        email = form.get("email", "").strip().lower()[:320]
-        client = request.client.host if request.client else "?"
-        minutes = self.rt.config.console.link_minutes  # type: ignore[union-attr]
-        if not email or "@" not in email:
-            return self._page("sign_in.html", session, 400, problem="Type your school email address.", minutes=minutes)
-        if not self.per_client.allow(client) or not self.per_address.allow(email):
-            return self._page("sign_in.html", session, 429, minutes=minutes,
-                              problem="Too many sign-in links were asked for. Wait a few minutes and try again.")
-        # The answer is the same whether or not the address may sign in, and the mail goes out after
-        # the answer, so that neither the page nor its timing says which addresses are known.
-        if viewer_for(self.rt.config, email) is not None:
-            task = asyncio.ensure_future(self._send_link(email))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-        return self._page("sign_in.html", session, sent=email, minutes=minutes)
-
-    async def _send_link(self, email: str) -> None:
-        token = new_token()
-        console = self.rt.config.console
-        assert console is not None
-        try:
-            await self.rt.db.call(lambda: services.console_add_link(self.rt, token_hash(token), email,
-                                                                    console.link_minutes))
-            data = self._link_mail(email, f"{console.base_url}/link/s{token}", console.link_minutes)
-            outcome = await self.mailer.send(self.rt.config.gateway.postmaster, [email], data)
-        except Exception:  # noqa: BLE001 - a failed send is logged; the person asks again
-            log.exception("console: could not send a sign-in link")
-            return
-        log.info("console: sign-in link sent ok=%s", outcome.ok)
-
-    def _link_mail(self, email: str, url: str, minutes: int) -> bytes:
-        msg = EmailMessage()
-        msg["From"] = Address("School email console", addr_spec=self.rt.config.gateway.postmaster)
-        msg["To"] = email
-        msg["Subject"] = "Your sign-in link for the school email console"
-        msg["Date"] = format_datetime(self.rt.clock.now())
-        msg["Message-ID"] = make_msgid(domain=self.rt.config.smtp.hostname)
-        msg["Auto-Submitted"] = "auto-generated"
-        msg["X-Parentgate"] = "console-sign-in"
-        msg.set_content(f"Open this link to sign in to the school email console:\n\n{url}\n\n"
-                        f"It works once, for {minutes} minutes. If you did not ask for it, ignore this email.\n")
-        return msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-    async def show_link(self, request: Request) -> Response:
-        session = self._session(request)
-        token = request.path_params["token"][1:]
-        email = await self.rt.db.run(lambda s: queries.peek_link(s, token_hash(token), self.rt.clock.now()))
-        return self._page("link.html", session, valid=email is not None, token=token)
-
-    async def use_link(self, request: Request) -> Response:
-        session = self._session(request)
-        try:
-            form = await self._form(request, session)
-        except Forbidden:
-            return self._problem(session, 403, "Refused", "The form had expired. Open the link again.")
-        token = form.get("token", "")
-        email = await self.rt.db.call(lambda: services.console_use_link(self.rt, token_hash(token)))
-        if email is None or viewer_for(self.rt.config, email) is None:
-            return self._page("link.html", session, 400, valid=False, token="")
-        log.info("console: signed in")
-        # A new CSRF token with the new session: nothing learned before signing in carries over.
-        fresh = Session(email=email, csrf=new_token(), began=time.time())
-        response = RedirectResponse(_home(viewer_for(self.rt.config, email)), status_code=303)
-        response.headers.append("set-cookie", self.sessions.cookie_header(fresh))
-        return response
-
-    async def sign_out(self, request: Request) -> Response:
-        session = self._session(request)
-        try:
-            await self._form(request, session)
-        except Forbidden:
-            return self._problem(session, 403, "Refused", "The form had expired.")
-        response = RedirectResponse("/", status_code=303)
-        response.headers.append("set-cookie", f"{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax")
-        return response
-
     async def ping(self, request: Request) -> Response:
         return PlainTextResponse("ok")
-
-    # The review queue and the message page.
 
     async def queue(self, request: Request) -> Response:
         async def page(session: Session, viewer: Viewer) -> Response:
@@ -264,10 +91,6 @@ class Console:
             return self._page("queue.html", session, items=shown, schools=schools, school=school or "",
                               reason=reason or "", more=more)
         return await self._guarded(request, page)
-
-    def _visible(self, viewer: Viewer) -> frozenset[str]:
-        """Schools whose messages may be loaded at all; `Viewer.may_read` then decides per message."""
-        return viewer.schools(HEAD, TRUST, DSL)
 
     async def message(self, request: Request) -> Response:
         async def page(session: Session, viewer: Viewer) -> Response:
@@ -305,9 +128,6 @@ class Console:
             release_text=self._release_text(view), family=self._related(family), thread=self._related(thread),
             events=[{"when": self._when(at), "what": f"{src or 'new'} → {dst}", "actor": actor}
                     for at, src, dst, actor, _reason in events])
-
-    async def _not_found_page(self, session: Session) -> Response:
-        return self._problem(session, 404, "Not found", "There is nothing here, or it is not yours to see.")
 
     def _related(self, rows: list[queries.Related]) -> list[dict[str, Any]]:
         return [{"id": r.id, "subject": headers(r.head).get("subject", ""), "when": self._when(r.received_at),
@@ -395,88 +215,6 @@ class Console:
             log.info("console: message %s forwarded to the DSL", message_id)
             return RedirectResponse(f"/messages/{message_id}?done=forward", status_code=303)
         return await self._guarded(request, act)
-
-    async def seen(self, request: Request) -> Response:
-        async def act(session: Session, viewer: Viewer) -> Response:
-            await self._form(request, session)
-            message_id = request.path_params["id"]
-            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(DSL), message_id))
-            if view is None or view.route != "dsl":
-                return await self._not_found_page(session)
-            await self.rt.db.call(lambda: services.mark_seen(self.rt, message_id, viewer.email))
-            return RedirectResponse("/safeguarding", status_code=303)
-        return await self._guarded(request, act)
-
-    async def safeguarding(self, request: Request) -> Response:
-        async def page(session: Session, viewer: Viewer) -> Response:
-            schools = viewer.schools(DSL)
-            if not schools:
-                return await self._not_found_page(session)
-
-            def read(s: Any) -> Any:
-                items = queries.messages_in(s, schools, None, route="dsl", limit=PAGE_SIZE)
-                return items, queries.seen_by(s, [i.id for i in items])
-            items, seen = await self.rt.db.run(read)
-            shown = [dict(self._item(i), seen=seen.get(i.id), seen_text=(
-                f"Seen by {seen[i.id][0]}, {self._when(seen[i.id][1])}" if i.id in seen else "")) for i in items]
-            return self._page("safeguarding.html", session, items=shown)
-        return await self._guarded(request, page)
-
-    async def held(self, request: Request) -> Response:
-        async def page(session: Session, viewer: Viewer) -> Response:
-            schools = viewer.schools(OFFICE, HEAD)
-            if not schools:
-                return await self._not_found_page(session)
-            items = await self.rt.db.run(lambda s: queries.messages_in(s, schools, State.HELD.value,
-                                                                       limit=PAGE_SIZE * 4))
-            shown = [dict(self._item(i), until=self._when(i.release_at), link=viewer.may_read(i.school, i.route))
-                     for i in items]
-            return self._page("held.html", session, items=shown)
-        return await self._guarded(request, page)
-
-    async def release_held(self, request: Request) -> Response:
-        async def act(session: Session, viewer: Viewer) -> Response:
-            await self._form(request, session)
-            message_id = request.path_params["id"]
-            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(OFFICE, HEAD), message_id))
-            if view is None:
-                return await self._not_found_page(session)
-            try:
-                await self.rt.db.call(lambda: services.release(self.rt, [message_id], viewer.email))
-            except services.ServiceError:
-                pass
-            self.rt.wake_delivery()
-            log.info("console: held message %s released early", message_id)
-            return RedirectResponse("/held", status_code=303)
-        return await self._guarded(request, act)
-
-    async def activity(self, request: Request) -> Response:
-        async def page(session: Session, viewer: Viewer) -> Response:
-            schools = viewer.readers
-            if not schools:
-                return await self._not_found_page(session)
-            person = (request.query_params.get("person") or "").strip()[:320] or None
-            day = request.query_params.get("day") or ""
-            since = until = None
-            try:
-                if day:
-                    start = datetime.fromisoformat(day).replace(tzinfo=self.rt.config.tz)
-                    since, until = start, start + timedelta(days=1)
-            except ValueError:
-                day = ""
-            rows = await self.rt.db.run(lambda s: queries.activity(s, schools, actor=person, since=since,
-                                                                   until=until))
-            shown = [{"when": self._when(a.at), "actor": a.actor, "message": a.message,
-                      "what": _action(a.from_state, a.to_state, a.reason)} for a in rows]
-            return self._page("activity.html", session, rows=shown, person=person or "", day=day)
-        return await self._guarded(request, page)
-
-    def _item(self, item: queries.QueueItem) -> dict[str, Any]:
-        h = headers(item.head)
-        return {"id": item.id, "subject": h.get("subject", ""), "sender": h.get("from") or item.mail_from,
-                "to": h.get("to", ""), "family": item.family, "received": self._when(item.received_at),
-                "school": item.school, "rules": sorted({r for r, _ in item.reasons}), "reasons": item.reasons,
-                "state": _DONE.get(item.state, item.state)}
 
     async def attachment(self, request: Request) -> Response:
         async def download(session: Session, viewer: Viewer) -> Response:
