@@ -277,4 +277,9 @@ async def start_console(rt: Runtime, server: asyncio.Server | None = None) -> "C
 async def console_alone(rt: Runtime) -> int:
     """`parentgate console`: the console without the mail pipeline (another host, a shared database)."""
     from gateway.web.server import serve_alone
-    return await serve_alone(rt, delivery_transport(rt.config))
+    c = rt.config.console
+    assert c is not None
+    try:
+        return await serve_alone(rt, delivery_transport(rt.config))
+    except OSError as exc:
+        raise StartupError(f"cannot serve the console on {c.host}:{c.port}: {exc.strerror or one_line(exc)}") from None

@@ -76,7 +76,12 @@ async def serve_alone(rt: Runtime, mailer: Transport) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     server = ConsoleServer(rt, mailer)
-    await server.start()
+    try:
+        await server.start()
+    except OSError:
+        await mailer.close()
+        rt.db.close()
+        raise
     await stopping.wait()
     await server.close()
     rt.db.close()
