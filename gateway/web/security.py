@@ -114,7 +114,9 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
+                ours = {b"cache-control", b"content-security-policy", b"x-frame-options", b"referrer-policy",
+                        b"x-content-type-options", b"cross-origin-opener-policy"}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in ours]
                 headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY"),
                             (b"referrer-policy", b"no-referrer"), (b"x-content-type-options", b"nosniff"),
                             (b"cross-origin-opener-policy", b"same-origin"),

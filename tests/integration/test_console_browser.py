@@ -450,3 +450,24 @@ def test_forward_to_the_dsl_and_the_activity_page_shows_console_and_cli_actions(
     assert "itmanager" in text and "dealt with by phone" in text
     page.goto(setup.base + "/activity?person=itmanager")
     assert HEAD not in page.locator("table.activity").inner_text()
+
+
+def test_attachments_download_only_as_attachments_with_nosniff(setup: Setup, browser: Any) -> None:
+    boundary = "att-b"
+    data = ("From: Kim Lee <kim.lee@parent.example>\r\nTo: " + STAFF + "\r\nSubject: Report attached\r\n"
+            "Date: Thu, 03 Dec 2026 19:12:00 +0000\r\nMessage-ID: <att-1@parent.example>\r\nMIME-Version: 1.0\r\n"
+            f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n--{boundary}\r\n'
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n" + HOSTILE.format(child="Sam") + f"--{boundary}\r\n"
+            'Content-Type: text/html; name="page.html"\r\nContent-Disposition: attachment; filename="page.html"\r\n\r\n'
+            f"<script>window.__pwned=9</script>\r\n--{boundary}--\r\n").encode()
+    message_id = setup.submit(data, sender="kim.lee@parent.example")
+    ctx, page, _ = sign_in(setup, browser)
+    page.goto(f"{setup.base}/messages/{message_id}")
+    link = page.get_by_role("link", name="page.html")
+    href = link.get_attribute("href")
+    assert href == f"/messages/{message_id}/attachments/1"
+    r = ctx.request.get(setup.base + href)
+    assert r.status == 200 and r.body().startswith(b"<script>")
+    assert r.headers["content-disposition"] == 'attachment; filename="page.html"'
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["content-type"] == "application/octet-stream"
