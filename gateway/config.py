@@ -86,6 +86,8 @@ class LimitsConfig:
     family_messages_per_half_term: int
     thread_messages: int
     long_message_words: int
+    # Whether senders outside the family directory are counted per address towards the half-term limit.
+    count_unknown_senders: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,8 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     limits = LimitsConfig(
         family_messages_per_half_term=read_positive(lim, "family_messages_per_half_term", 5),
         thread_messages=read_positive(lim, "thread_messages", 5),
-        long_message_words=read_positive(lim, "long_message_words", 400))
+        long_message_words=read_positive(lim, "long_message_words", 400),
+        count_unknown_senders=lim.get("count_unknown_senders", bool, False))
     lim.finish()
 
     schools = tuple(_school(t, tz_name, acknowledge.enabled) for t in root.tables("schools"))

@@ -208,14 +208,17 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
                           plan=passthrough_plan(calendar=school.calendar, now=now, staff=rcpts), ack=None,
                           ack_block="passthrough", sender=sender, family=family, half_term_key=key,
                           thread_id=None, counted=False, sender_class=sender_class)
-    previous = batch.family_count(session, school.id, family.key, key) if counted else 0
+    # The half-term count is a family's: an address in the directory, or (where the school asks for it)
+    # an unknown sender's own address. Threads are counted for everyone.
+    family_counted = counted and (sender_class is SenderClass.FAMILY or config.limits.count_unknown_senders)
+    previous = batch.family_count(session, school.id, family.key, key) if family_counted else 0
     refs = list(facts.references) + ([facts.in_reply_to] if facts.in_reply_to else [])
     thread_id = batch.thread_for(session, school=school.id, family=family.key, subject=facts.subject,
                                  ref_ids=refs, now=now, create=create_thread)
     in_thread = batch.thread_count(session, thread_id) if thread_id is not None else 0
     limits = config.limits
     context = Context(
-        family=family.key, family_label=family.label, family_count=previous + (1 if counted else 0),
+        family=family.key, family_label=family.label, family_count=previous + (1 if family_counted else 0),
         half_term=term_name, thread_count=in_thread + (1 if counted else 0),
         limits=Limits(limits.family_messages_per_half_term, limits.thread_messages, limits.long_message_words))
     if not counted:

@@ -131,3 +131,38 @@ def test_families_show_and_import_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("family_id,email\nX,a@b.c\n")
     bad = run("families", "import", str(tmp_path / "bad.csv"))
     assert bad.returncode == 1 and "missing column" in bad.stderr
+
+
+async def send_from_stranger(gw: InProcessGateway, n: int) -> list:
+    sent = []
+    for i in range(n):
+        addr = "stranger@example.org"
+        m = message(sender=f"A Stranger <{addr}>", subject=f"Form {i}", body=f"Reply slip number {i}.\n")
+        assert (await gw.send(m, mail_from=addr))[0] == 250
+        await gw.settle()
+        gw.clock.advance(timedelta(minutes=5))
+        sent.append(m)
+    return sent
+
+
+async def test_an_unknown_senders_sixth_message_reaches_the_teacher_by_default(school, sink):
+    # Not in the family directory: no half-term family total (threads are still counted).
+    sent = await send_from_stranger(school, 7)
+    staff_ids = {r.message["Message-ID"] for r in sink.to(STAFF)}
+    assert {m["Message-ID"] for m in sent} <= staff_ids
+    assert not sink.to(HEAD)
+    assert all("family-half-term-limit" not in str(r.reasons) for r in school.messages())
+
+
+async def test_count_unknown_senders_makes_an_unknown_address_a_family_of_its_own(tmp_path: Path, sink: Sink):
+    cfg = write_config(tmp_path, sink_port=sink.port, calendar=school_calendar(),
+                       extra="[limits]\ncount_unknown_senders = true\n")
+    gw = await InProcessGateway(cfg, FixedClock(utc(2026, 12, 8, 10, 0))).start()
+    try:
+        sent = await send_from_stranger(gw, 6)
+        staff_ids = {r.message["Message-ID"] for r in sink.to(STAFF)}
+        assert {m["Message-ID"] for m in sent[:5]} <= staff_ids
+        assert sent[5]["Message-ID"] not in staff_ids
+        assert any(sent[5]["Message-ID"] in attached_ids(r) for r in sink.to(HEAD))
+    finally:
+        await gw.stop()
