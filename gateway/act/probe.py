@@ -134,6 +134,8 @@ class RecipientVerifier:
             return Verdict.UNKNOWN, reply_text(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             return Verdict.UNKNOWN, reply_text(0, f"connection: {exc.__class__.__name__}")
+        except Exception as exc:  # noqa: BLE001 - e.g. an address aiosmtplib cannot write: never refuse for it
+            return Verdict.UNKNOWN, reply_text(0, f"probe: {exc.__class__.__name__}")
         finally:
             await _quit(client)
 

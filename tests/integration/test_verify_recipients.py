@@ -124,3 +124,17 @@ async def test_verification_off_sends_no_probe(tmp_path, picky):
         assert picky.probes_for(NOBODY) == 0
     finally:
         await gw.stop()
+
+
+async def test_an_address_the_probe_cannot_write_is_accepted_not_refused(tmp_path, picky):
+    # A UTF-8 local part (RFC 6531) needs SMTPUTF8, which the probe does not ask for: unknown, so accepted.
+    gw = await start_gateway(tmp_path, picky.port)
+    try:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=30, start_tls=False)
+        async with client:
+            await client.ehlo()
+            await client.mail("mum.patel@example.com", options=["SMTPUTF8"])
+            response = await client.execute_command(b"RCPT", f"TO:<zoë@{DOMAIN}>".encode())
+        assert response.code == 250
+    finally:
+        await gw.stop()
