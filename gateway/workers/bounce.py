@@ -53,9 +53,9 @@ def report_failure(session: Session, rt: Runtime, row: OutboxRow, message: Messa
             office_phone=school.office_phone if school else "", reporting_mta=config.smtp.hostname,
             arrival=arrival, failures=failed_recipients(rcpts, outcome), expired=outcome.temporary, now=now,
             message_id=make_message_id(config.smtp.hostname, uuid.uuid4().hex))
-    except ValueError:
-        # An envelope sender that cannot be written as a To: address: the postmaster has the notice.
-        log.warning("message %s: no DSN, the envelope sender cannot be addressed", message.id)
+    except Exception as exc:  # noqa: BLE001 - a DSN that cannot be built must not undo the outcomes recorded with it
+        # E.g. an envelope sender that cannot be written as a To: address: the postmaster has the notice.
+        log.warning("message %s: no DSN, it could not be built (%s)", message.id, exc.__class__.__name__)
         return False
     added = add_dsn_once(session, message=message.id, rcpt=sender, payload=data, now=now)
     if added:
