@@ -157,10 +157,13 @@ class TriageWorker:
         owner, until = self.rt.owner, self.rt.clock.now() + LEASE
         mine = set(await self.rt.db.run(lambda s: renew_messages(s, ids, State.RECEIVED, owner=owner, until=until),
                                         priority=URGENT))
-        lost = [i for i in ids if i not in mine]
+        # A batch written meanwhile is not renewed because it is done; only rows still in hand can
+        # have been taken over by another gateway.
+        in_hand = {r.id for r in self._next} | {r.id for rows, _ in self._ahead for r in rows}
+        lost = [i for i in ids if i not in mine and i in in_hand]
         if lost:
-            log.warning("triage leases lost on %d message(s) (taken over, or already written)", len(lost))
-            self._next = [r for r in self._next if r.id in mine or r.id not in ids]
+            log.warning("triage leases lost on %d message(s): another gateway took them over", len(lost))
+            self._next = [r for r in self._next if r.id not in lost]
         return len(mine)
 
     async def run_until_idle(self) -> int:
