@@ -7,7 +7,7 @@ only through `gateway.services`. A GET never changes anything; every POST carrie
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -143,30 +143,38 @@ class Console(SignInPages, RolePages):
             return f"Release sends it to {to} now."
         return f"The school is closed: Release holds it for {to} until {self._when(at)}, when the school opens."
 
-    async def release(self, request: Request) -> Response:
-        async def act(session: Session, viewer: Viewer) -> Response:
-            await self._form(request, session)
-            message_id = request.path_params["id"]
-            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(HEAD), message_id))
-            if view is None:
-                return await self._not_found_page(session)
-            try:
-                await self.rt.db.call(lambda: services.review_release(self.rt, message_id, viewer.email))
-            except services.ServiceError:
-                return await self._message_page(session, viewer, message_id, status=409,
-                                                problem="This message is no longer waiting for review.")
-            self.rt.wake_delivery()
-            log.info("console: message %s released", message_id)
-            return RedirectResponse(f"/messages/{message_id}?done=release", status_code=303)
-        return await self._guarded(request, act)
-
-    async def dismiss(self, request: Request) -> Response:
-        async def act(session: Session, viewer: Viewer) -> Response:
+    async def _on_message(self, request: Request, act: Callable[
+            [Session, Viewer, str, queries.MessageView, dict[str, str]], Awaitable[Response]]) -> Response:
+        """A Head's action on one message: the form read (its CSRF token checked), the message found
+        among the Head's schools (404 otherwise), then `act(session, viewer, message_id, view, form)`."""
+        async def guarded(session: Session, viewer: Viewer) -> Response:
             form = await self._form(request, session)
             message_id = request.path_params["id"]
             view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(HEAD), message_id))
             if view is None:
                 return await self._not_found_page(session)
+            return await act(session, viewer, message_id, view, form)
+        return await self._guarded(request, guarded)
+
+    async def _no_longer_in_review(self, session: Session, viewer: Viewer, message_id: str) -> Response:
+        return await self._message_page(session, viewer, message_id, status=409,
+                                        problem="This message is no longer waiting for review.")
+
+    async def release(self, request: Request) -> Response:
+        async def act(session: Session, viewer: Viewer, message_id: str, view: queries.MessageView,
+                      form: dict[str, str]) -> Response:
+            try:
+                await self.rt.db.call(lambda: services.review_release(self.rt, message_id, viewer.email))
+            except services.ServiceError:
+                return await self._no_longer_in_review(session, viewer, message_id)
+            self.rt.wake_delivery()
+            log.info("console: message %s released", message_id)
+            return RedirectResponse(f"/messages/{message_id}?done=release", status_code=303)
+        return await self._on_message(request, act)
+
+    async def dismiss(self, request: Request) -> Response:
+        async def act(session: Session, viewer: Viewer, message_id: str, view: queries.MessageView,
+                      form: dict[str, str]) -> Response:
             note = form.get("note", "").strip()[:2000]
             if not note:
                 return await self._message_page(session, viewer, message_id, status=400,
@@ -174,19 +182,14 @@ class Console(SignInPages, RolePages):
             try:
                 await self.rt.db.call(lambda: services.review_dismiss(self.rt, message_id, viewer.email, note))
             except services.ServiceError:
-                return await self._message_page(session, viewer, message_id, status=409,
-                                                problem="This message is no longer waiting for review.")
+                return await self._no_longer_in_review(session, viewer, message_id)
             log.info("console: message %s dismissed", message_id)
             return RedirectResponse(f"/messages/{message_id}?done=dismiss", status_code=303)
-        return await self._guarded(request, act)
+        return await self._on_message(request, act)
 
     async def reply(self, request: Request) -> Response:
-        async def act(session: Session, viewer: Viewer) -> Response:
-            form = await self._form(request, session)
-            message_id = request.path_params["id"]
-            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(HEAD), message_id))
-            if view is None:
-                return await self._not_found_page(session)
+        async def act(session: Session, viewer: Viewer, message_id: str, view: queries.MessageView,
+                      form: dict[str, str]) -> Response:
             text = form.get("reply", "").replace("\r\n", "\n").strip()[:20000]
             if not text:
                 return await self._message_page(session, viewer, message_id, status=400,
@@ -197,15 +200,11 @@ class Console(SignInPages, RolePages):
             self.rt.wake_delivery()
             log.info("console: message %s replied to", message_id)
             return RedirectResponse(f"/messages/{message_id}?done=reply", status_code=303)
-        return await self._guarded(request, act)
+        return await self._on_message(request, act)
 
     async def forward(self, request: Request) -> Response:
-        async def act(session: Session, viewer: Viewer) -> Response:
-            form = await self._form(request, session)
-            message_id = request.path_params["id"]
-            view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(HEAD), message_id))
-            if view is None:
-                return await self._not_found_page(session)
+        async def act(session: Session, viewer: Viewer, message_id: str, view: queries.MessageView,
+                      form: dict[str, str]) -> Response:
             note = form.get("note", "").strip()[:2000]
             if not note:
                 return await self._message_page(session, viewer, message_id, status=400,
@@ -214,7 +213,7 @@ class Console(SignInPages, RolePages):
             self.rt.wake_delivery()
             log.info("console: message %s forwarded to the DSL", message_id)
             return RedirectResponse(f"/messages/{message_id}?done=forward", status_code=303)
-        return await self._guarded(request, act)
+        return await self._on_message(request, act)
 
     async def attachment(self, request: Request) -> Response:
         async def download(session: Session, viewer: Viewer) -> Response:
