@@ -234,6 +234,12 @@ def compose_review_summary(
     _set_text(text_part, summary, disposition="inline")
     text_bytes = text_part.as_bytes(policy=_POLICY)
 
+    return with_original_attached(outer, text_bytes, original_raw, message_id)
+
+
+def with_original_attached(outer: EmailMessage, text_bytes: bytes, original_raw: bytes, message_id: str) -> bytes:
+    """`outer`'s headers over a multipart/mixed of a text part and the original message, attached
+    from its raw bytes exactly as it was received (message/rfc822)."""
     attached = _LINE_ENDING.sub(b"\r\n", original_raw)
     if not attached.endswith(b"\r\n"):
         attached += b"\r\n"

@@ -70,7 +70,7 @@ def compose_dsl_copy(*, original_raw: bytes, from_addr: str, to_addr: str, reaso
     """The DSL's copy of a safeguarding message: why it was sent (the evidence) above the original,
     which is attached from its raw bytes (message/rfc822, RFC 2046 §5.2.1), and a link to the
     console's Safeguarding page."""
-    from gateway.act.compose import _LINE_ENDING, _boundary, _identity_encoding, one_line
+    from gateway.act.compose import one_line, with_original_attached
     head = message_from_bytes(original_raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n", policy=policy.compat32)
     subject = one_line(str(head.get("Subject", "")), 200)
     sender = one_line(str(head.get("From", "")), 200)
@@ -91,19 +91,4 @@ def compose_dsl_copy(*, original_raw: bytes, from_addr: str, to_addr: str, reaso
     text_part = EmailMessage()
     text_part.set_content(text, charset="utf-8", cte=None if text.isascii() else "quoted-printable")
     text_bytes = text_part.as_bytes(policy=SMTP)
-    attached = _LINE_ENDING.sub(b"\r\n", original_raw)
-    if not attached.endswith(b"\r\n"):
-        attached += b"\r\n"
-    cte = _identity_encoding(attached)
-    boundary = _boundary(message_id, text_bytes, attached)
-    outer["MIME-Version"] = "1.0"
-    outer["Content-Type"] = f'multipart/mixed; boundary="{boundary}"'
-    outer["Content-Transfer-Encoding"] = cte
-    delimiter = b"--" + boundary.encode("ascii")
-    return b"".join([
-        b"".join(SMTP.fold_binary(name, value) for name, value in outer.items()) + b"\r\n",
-        delimiter + b"\r\n", text_bytes, b"" if text_bytes.endswith(b"\r\n") else b"\r\n",
-        delimiter + b"\r\n",
-        b'Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename="original.eml"\r\n'
-        b"Content-Transfer-Encoding: " + cte.encode("ascii") + b"\r\n\r\n",
-        attached, b"\r\n", delimiter + b"--\r\n"])
+    return with_original_attached(outer, text_bytes, original_raw, message_id)
