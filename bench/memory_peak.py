@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import describe, interrupted  # noqa: E402
-from bench.smtp_throughput import (DOMAIN, RCPT, SCHOOL_ID, SENDER, Sink, free_port,  # noqa: E402
+from bench.smtp_throughput import (RCPT, SENDER, Sink, free_port, gateway_config,  # noqa: E402
                                    parentgate_command, stop_process, tail, wait_port)
 
 import subprocess  # noqa: E402
@@ -85,23 +85,9 @@ class Sampler(threading.Thread):
 
 
 def config(directory: Path, *, port: int, sink_port: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    text = (f'[gateway]\nstate_dir = "var"\ntimezone = "Europe/London"\npostmaster = "postmaster@example.invalid"\n\n'
-            f'[smtp]\nlisten = "127.0.0.1:{port}"\nhostname = "gateway.test"\nmax_message_size = {26 * MIB}\n\n'
-            f'[delivery]\nmode = "smtp"\nsmarthost = "127.0.0.1:{sink_port}"\n'
-            f'retry_first_delay = "1s"\nretry_max_delay = "2s"\nlifetime = "1h"\n\n'
-            f'[acknowledge]\nenabled = false\n\n'
-            f'[limits]\nfamily_messages_per_half_term = 1000000\nthread_messages = 1000000\n\n'
-            f'[[schools]]\nid = "{SCHOOL_ID}"\nname = "Oakfield School"\ndomains = ["{DOMAIN}"]\n'
-            f'head_of_school = "head@{DOMAIN}"\noffice = "office@{DOMAIN}"\n'
-            f'office_phone = "0113 496 0000"\ndsl = "dsl@{DOMAIN}"\n\n'
-            '[schools.hours]\nopen = "00:00"\nclose = "24:00"\n'
-            'days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\n\n'
-            '[[schools.half_terms]]\nname = "All year"\nstart = 2020-01-01\nend = 2035-12-31\n\n'
-            '[schools.closures]\ninset_days = []\nbank_holidays = "none"\n')
-    path = directory / "config.toml"
-    path.write_text(text)
-    return path
+    """The throughput bench's gateway, taking 26 MiB messages and sending no acknowledgements."""
+    return gateway_config(directory, smtp_port=port, sink_port=sink_port, database=None,
+                          max_message_size=26 * MIB, extra="[acknowledge]\nenabled = false\n\n")
 
 
 def big_message(i: int, size: int) -> bytes:

@@ -280,15 +280,15 @@ def run_bare(work: Path, load: Load, timeout: float) -> Result:
 
 
 def gateway_config(directory: Path, *, smtp_port: int, sink_port: int, database: str | None,
-                   rules_dir: str | None = None) -> Path:
+                   rules_dir: str | None = None, max_message_size: int = 1048576, extra: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     db = f'database = "{database}"\n' if database else ""
     db += f'rules_dir = "{Path(rules_dir).resolve()}"\n' if rules_dir else ""
     text = (f'[gateway]\nstate_dir = "var"\n{db}timezone = "Europe/London"\n'
             f'postmaster = "postmaster@example.invalid"\n\n'
-            f'[smtp]\nlisten = "127.0.0.1:{smtp_port}"\nhostname = "gateway.test"\nmax_message_size = 1048576\n\n'
+            f'[smtp]\nlisten = "127.0.0.1:{smtp_port}"\nhostname = "gateway.test"\nmax_message_size = {max_message_size}\n\n'
             f'[delivery]\nmode = "smtp"\nsmarthost = "127.0.0.1:{sink_port}"\n'
-            f'retry_first_delay = "1s"\nretry_max_delay = "2s"\nlifetime = "1h"\n\n'
+            f'retry_first_delay = "1s"\nretry_max_delay = "2s"\nlifetime = "1h"\n\n{extra}'
             f'[limits]\nfamily_messages_per_half_term = 1000000\nthread_messages = 1000000\n\n'
             f'[[schools]]\nid = "{SCHOOL_ID}"\nname = "Oakfield School"\ndomains = ["{DOMAIN}"]\n'
             f'head_of_school = "head@{DOMAIN}"\noffice = "office@{DOMAIN}"\n'
