@@ -40,6 +40,12 @@ class Flag(str, Enum):
     AUTOMATED = "automated"
     # Not parents' mail (a colleague, a passthrough domain or recipient): delivered untouched.
     PASSTHROUGH = "passthrough"
+    # Below the DSL route's threshold but above a lower one: delivered as usual, and listed in the
+    # DSL's digest (08:00 and 13:00 on school days) with the evidence.
+    POSSIBLE_SAFEGUARDING = "possible-safeguarding"
+    # Written in a language triage cannot judge: never silently routine; the office gets a copy to
+    # arrange interpretation (policy 001).
+    NEEDS_INTERPRETER = "needs-interpreter"
 
 
 @dataclass(frozen=True)
