@@ -20,7 +20,7 @@ from gateway.workers.dispatch import complete_if_done, session_add_staff_rows
 from gateway.workers.release import release_now
 from gateway.workers.runtime import Runtime
 
-TERMINAL = (State.DELIVERED.value, State.FORWARDED.value, State.DISMISSED.value)
+TERMINAL = (State.DELIVERED.value, State.FORWARDED.value, State.DISMISSED.value, State.BLOCKED.value)
 
 
 class ServiceError(Exception):

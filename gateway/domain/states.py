@@ -16,6 +16,8 @@ class State(str, Enum):
     DISMISSED = "dismissed"
     FAILED = "failed"
     QUARANTINED = "quarantined"
+    # From a blocked sender (policy 003): kept, counted, visible to the Head, delivered to nobody.
+    BLOCKED = "blocked"
 
 
 class OutboxState(str, Enum):
@@ -30,7 +32,7 @@ class OutboxState(str, Enum):
 # Every allowed move. A row moves only along these edges, through store.queue.transition().
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.RECEIVED: frozenset({State.TRIAGED, State.QUARANTINED}),
-    State.TRIAGED: frozenset({State.HELD, State.IN_REVIEW, State.QUEUED, State.QUARANTINED}),
+    State.TRIAGED: frozenset({State.HELD, State.IN_REVIEW, State.QUEUED, State.QUARANTINED, State.BLOCKED}),
     State.HELD: frozenset({State.QUEUED, State.QUARANTINED}),
     State.IN_REVIEW: frozenset({State.QUEUED, State.HELD, State.DISMISSED}),
     State.QUEUED: frozenset({State.DELIVERED, State.FORWARDED, State.FAILED}),
@@ -39,6 +41,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.DELIVERED: frozenset(),
     State.FORWARDED: frozenset(),
     State.DISMISSED: frozenset(),
+    # The Head may still let a blocked message through.
+    State.BLOCKED: frozenset({State.QUEUED, State.HELD}),
 }
 
 

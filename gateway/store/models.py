@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
+from sqlalchemy import (JSON, BigInteger, Date, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
                         UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -105,7 +105,8 @@ class OutboxRow(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    message: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    # None for mail the gateway writes for a family rather than for a message (letters, reminders).
+    message: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))
     mail_from: Mapped[str] = mapped_column(SafeString(512))
     rcpts: Mapped[list[str]] = mapped_column(SafeJSON)
@@ -190,3 +191,110 @@ class CheckpointRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("mailbox"),)
+
+
+class PlanRow(Base):
+    """A family's communication plan (policy 003): its mail waits for a weekly or fortnightly reading
+    window and goes to the reader. Ended, never deleted: the history is the school's evidence."""
+
+    __tablename__ = "family_plans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    family_id: Mapped[str] = mapped_column(SafeString(128))
+    reader: Mapped[str] = mapped_column(SafeString(320))
+    # Monday 0 … Sunday 6, and "HH:MM" in the school's timezone.
+    window_day: Mapped[int] = mapped_column(Integer)
+    window_from: Mapped[str] = mapped_column(String(5))
+    window_to: Mapped[str] = mapped_column(String(5))
+    fortnightly: Mapped[int] = mapped_column(Integer, default=0)
+    # The Monday of a week whose window is open (fortnightly plans skip the weeks in between).
+    anchor_week: Mapped[date] = mapped_column(Date)
+    starts_on: Mapped[date] = mapped_column(Date)
+    review_on: Mapped[date] = mapped_column(Date)
+    note: Mapped[str] = mapped_column(SafeText, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(SafeString(320))
+    # Review reminders already sent, as "soon,due" (review - 14 days, the day itself).
+    reminded: Mapped[str] = mapped_column(String(64), default="")
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_by: Mapped[str | None] = mapped_column(SafeString(320))
+    end_note: Mapped[str | None] = mapped_column(SafeText)
+
+    __table_args__ = (Index("ix_family_plans_family", "school", "family_id", "ended_at"),)
+
+
+class BlockRow(Base):
+    """A block on one address (any school when `school` is "*") or on a whole family (policy 003)."""
+
+    __tablename__ = "family_blocks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    family_id: Mapped[str | None] = mapped_column(SafeString(128))
+    address: Mapped[str | None] = mapped_column(SafeString(320))
+    note: Mapped[str] = mapped_column(SafeText, default="")
+    # The block lifts itself at this instant (the start of its end date, school time).
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(SafeString(320))
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lifted_by: Mapped[str | None] = mapped_column(SafeString(320))
+    lift_note: Mapped[str | None] = mapped_column(SafeText)
+
+    __table_args__ = (Index("ix_family_blocks_address", "address", "lifted_at"),
+                      Index("ix_family_blocks_family", "school", "family_id", "lifted_at"))
+
+
+class StageRow(Base):
+    """One step of a family's escalation ladder (policies 000 and 002); the latest row is the stage."""
+
+    __tablename__ = "family_stages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    family_id: Mapped[str] = mapped_column(SafeString(128))
+    stage: Mapped[str] = mapped_column(String(16))
+    until: Mapped[date | None] = mapped_column(Date)
+    note: Mapped[str] = mapped_column(SafeText, default="")
+    actor: Mapped[str | None] = mapped_column(SafeString(320))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_family_stages_family", "school", "family_id", "id"),)
+
+
+class LetterRow(Base):
+    """A letter to a family drafted from rules/templates (meeting request, warning, ban), and whether
+    and how it was sent."""
+
+    __tablename__ = "family_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    family_id: Mapped[str] = mapped_column(SafeString(128))
+    stage: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    draft: Mapped[str] = mapped_column(SafeText)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(SafeString(320))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_by: Mapped[str | None] = mapped_column(SafeString(320))
+    sent_to: Mapped[list[str] | None] = mapped_column(SafeJSON)
+    message_ref: Mapped[str | None] = mapped_column(SafeString(998))
+    outbox: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_family_letters_family", "school", "family_id", "id"),)
+
+
+class BlockNoticeRow(Base):
+    """A notice sent to a blocked sender: at most one per sender per 7 days."""
+
+    __tablename__ = "block_notices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    school: Mapped[str] = mapped_column(String(64))
+    sender: Mapped[str] = mapped_column(SafeString(320))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    message: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_block_notices_sender", "sender", "sent_at"),)

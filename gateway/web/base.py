@@ -25,7 +25,8 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 _DONE = {State.QUEUED.value: "sent on to the addressee", State.DELIVERED.value: "delivered",
          State.FORWARDED.value: "forwarded", State.HELD.value: "held until the school opens",
-         State.DISMISSED.value: "dismissed (kept, not delivered)", State.IN_REVIEW.value: "waiting for review",
+         State.DISMISSED.value: "dismissed (kept, not delivered)",
+         State.BLOCKED.value: "blocked sender (kept, not delivered)", State.IN_REVIEW.value: "waiting for review",
          State.FAILED.value: "delivery failed"}
 
 

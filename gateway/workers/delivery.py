@@ -293,7 +293,7 @@ class DeliveryWorker:
             row.lease_owner, row.lease_until = None, None
             row.attempts += 1
             row.first_attempt_at = row.first_attempt_at or now
-            message = messages.get(row.message)
+            message = messages.get(row.message) if row.message is not None else None
             if message is not None:
                 touched[message.id] = message
             if outcome.ok:
@@ -373,7 +373,7 @@ def _load_for_record(session: Session, outbox_ids: list[int]) -> tuple[
         # the owner at the commit: another gateway's claim skips these rows meanwhile.
         query = query.order_by(OutboxRow.id).with_for_update(of=OutboxRow)
     rows = {r.id: r for r in session.scalars(query)}
-    message_ids = sorted({r.message for r in rows.values()})
+    message_ids = sorted({r.message for r in rows.values() if r.message is not None})
     messages = {m.id: m for m in session.scalars(select(MessageRow).where(MessageRow.id.in_(message_ids)).options(
         defer(MessageRow.raw), defer(MessageRow.reasons), defer(MessageRow.flags)))}
     siblings: dict[int, list[OutboxRow]] = {}
@@ -389,7 +389,7 @@ def _claim(session: Session, rt: Runtime, limit: int) -> list[Job]:
         return []
     rows = claim_outbox(session, owner=rt.owner, now=rt.clock.now(), lease=LEASE, limit=limit)
     # The batch's messages in one query rather than one per row (those already in the session included).
-    wanted = sorted({row.message for row in rows})
+    wanted = sorted({row.message for row in rows if row.message is not None})
     # Large messages' bytes are read one at a time as their jobs are built (store.raws).
     cache = {m.id: m for m in session.scalars(select(MessageRow).options(defer(MessageRow.raw))
                                               .where(MessageRow.id.in_(wanted)))} if wanted else {}

@@ -50,8 +50,13 @@ def jobs_for(rows: list[OutboxRow], messages: dict[int, MessageRow], hostname: s
     """Jobs for leased outbox rows; `messages` holds their messages by id."""
     jobs: list[Job] = []
     for row in rows:
-        message = messages.get(row.message)
+        message = messages.get(row.message) if row.message is not None else None
         if message is None:
+            if row.message is None and row.payload is not None:
+                # Mail the gateway wrote for a family (a letter, a reminder): its payload is all of it.
+                jobs.append(Job(outbox_id=row.id, message_id=0, kind=row.kind, mail_from=row.mail_from,
+                                rcpts=list(row.rcpts), data=row.payload, params=dict(row.params or {}),
+                                message_header_id=None, sha256="", folder=None, lease_until=row.lease_until))
             continue
         if row.kind == "imap_move":
             data = b""
