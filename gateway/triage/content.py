@@ -24,7 +24,8 @@ from gateway.triage.signals import hostile_sentiment, language_reason, shouting_
 _REPLY_SUBJECT = re.compile(r"^\s*(re|fwd?|aw|wg|sv|vs|tr|rv|odp|res|enc|r)\s*(\[\d+\])?\s*:", re.IGNORECASE)
 MAX_JUDGED = 200_000
 # Findings in the order a Head of School should read them.
-_ORDER = (Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL, Flag.URGENT, Flag.WORRIED)
+_ORDER = (Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL, Flag.URGENT, Flag.WORRIED,
+          Flag.POSSIBLE_SAFEGUARDING)
 
 
 def judged_text(facts: Facts) -> str:
@@ -72,7 +73,7 @@ def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
     found: set[Flag] = set()
     for flag in _ORDER:
         hits, signs = strong.get(flag, []), weak.get(flag, [])
-        if hits or len(signs) >= thresholds.signs_needed[flag]:
+        if hits or (signs and len(signs) >= thresholds.signs_needed[flag]):
             found.add(flag)
             reasons.extend(hits + signs)
     reasons.extend(shouting)

@@ -25,9 +25,12 @@ from gateway.triage.prefilter import LiteralIndex
 from gateway.triage.thresholds import THRESHOLDS_FILE, Thresholds, load_thresholds
 
 # The kinds of finding a phrase rule may report. Shouting, language and unreadable mail are
-# measured, not matched, so they are set in thresholds.toml instead.
+# measured, not matched, so they are set in thresholds.toml instead. A `possible-safeguarding`
+# rule flags without routing: the message goes where it would have gone, and is listed in the
+# DSL's digest.
 RULE_FINDINGS = {flag.value: flag for flag in (Flag.SAFEGUARDING, Flag.URGENT, Flag.PERSONAL,
-                                               Flag.NEGATIVE, Flag.ABUSIVE, Flag.WORRIED)}
+                                               Flag.NEGATIVE, Flag.ABUSIVE, Flag.WORRIED,
+                                               Flag.POSSIBLE_SAFEGUARDING)}
 _RULE_KEYS = frozenset({"name", "finding", "strength", "description", "phrases", "with", "within",
                         "unless", "case_sensitive", "example", "counter_example"})
 _FILE_KEYS = frozenset({"description", "rule"})
@@ -125,6 +128,10 @@ def _rule(path: Path, raw: Any, index: int) -> PhraseRule:
     strength = raw.get("strength", "strong")
     if strength not in ("strong", "weak"):
         raise RuleError(path, name, "'strength' must be 'strong' or 'weak'")
+    # Warning signs are counted per finding in thresholds.toml; a possible concern is already the
+    # lower tier, so one match is enough and there is nothing to count.
+    if strength == "weak" and finding == Flag.POSSIBLE_SAFEGUARDING.value:
+        raise RuleError(path, name, "a 'possible-safeguarding' rule cannot be weak: one match flags the message")
     within = raw.get("within", "sentence")
     if within not in ("sentence", "message"):
         raise RuleError(path, name, "'within' must be 'sentence' or 'message'")

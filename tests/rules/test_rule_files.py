@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.decide.route import route_for
 from gateway.domain.findings import Flag
+from gateway.triage import Context, triage
+from gateway.triage.facts import parse_message
+from gateway.triage.limits import Limits
 from gateway.triage.matching import Passage
 from gateway.triage.rules import RuleError, RuleSet, default_rules_dir, load_rules
 
@@ -175,3 +179,34 @@ def test_fast_paths_agree_with_the_plain_patterns(shipped: RuleSet) -> None:
             reference = rule._first(plain, plain.text, rule.phrases, rule.also, rule.unless)
             assert (rule.check(indexed) is None) == (reference is None), (rule.name, text[:60])
             assert (rule.check(plain) is None) == (reference is None), (rule.name, text[:60])
+
+
+POSSIBLE_RULE = '''
+[[rule]]
+name = "left-with-friends-abroad"
+finding = "possible-safeguarding"
+{extra}phrases = ['staying with (us|friends) while (his|her|their) parents are (abroad|away)']
+
+[[rule.example]]
+text = "Ali is staying with us while his parents are abroad for a few weeks."
+expect = "possible-safeguarding"
+'''
+
+
+def test_a_possible_safeguarding_rule_flags_without_routing(tmp_path: Path) -> None:
+    loaded = load_rules(_broken(tmp_path, POSSIBLE_RULE.format(extra="")))
+    raw = (b"From: parent@example.com\r\nTo: t@school.example\r\nSubject: Ali\r\n\r\n"
+           b"Hello, Ali is staying with us while his parents are away, could he join the reading club?\r\n")
+    context = Context(family=None, family_label="the family", family_count=1, half_term=None, thread_count=1,
+                      limits=Limits(family_messages_per_half_term=100, thread_messages=100,
+                                    long_message_words=10_000))
+    findings = triage(parse_message(raw), context, loaded)
+    assert Flag.POSSIBLE_SAFEGUARDING.value in findings.flags
+    assert [r.rule for r in findings.reasons if r.flag is Flag.POSSIBLE_SAFEGUARDING] == ["left-with-friends-abroad"]
+    assert "staying with us while his parents are away" in findings.reasons[0].evidence
+    assert route_for(findings).value == "staff"
+
+
+def test_a_weak_possible_safeguarding_rule_is_refused(tmp_path: Path) -> None:
+    _fails(_broken(tmp_path, POSSIBLE_RULE.format(extra='strength = "weak"\n')), "extra.toml",
+           "left-with-friends-abroad", "cannot be weak")
