@@ -25,7 +25,7 @@ _REPLY_SUBJECT = re.compile(r"^\s*(re|fwd?|aw|wg|sv|vs|tr|rv|odp|res|enc|r)\s*(\
 MAX_JUDGED = 200_000
 # Findings in the order a Head of School should read them.
 _ORDER = (Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL, Flag.URGENT, Flag.WORRIED,
-          Flag.POSSIBLE_SAFEGUARDING)
+          Flag.POSSIBLE_SAFEGUARDING, Flag.NEEDS_INTERPRETER)
 
 
 def judged_text(facts: Facts) -> str:

@@ -25,12 +25,12 @@ from gateway.triage.prefilter import LiteralIndex
 from gateway.triage.thresholds import THRESHOLDS_FILE, Thresholds, load_thresholds
 
 # The kinds of finding a phrase rule may report. Shouting, language and unreadable mail are
-# measured, not matched, so they are set in thresholds.toml instead. A `possible-safeguarding`
-# rule flags without routing: the message goes where it would have gone, and is listed in the
-# DSL's digest.
+# measured, not matched, so they are set in thresholds.toml instead. `possible-safeguarding` and
+# `needs-interpreter` rules flag without routing: the message goes where it would have gone, and
+# is listed in the DSL's digest, or copied to the office to arrange an interpreter.
 RULE_FINDINGS = {flag.value: flag for flag in (Flag.SAFEGUARDING, Flag.URGENT, Flag.PERSONAL,
                                                Flag.NEGATIVE, Flag.ABUSIVE, Flag.WORRIED,
-                                               Flag.POSSIBLE_SAFEGUARDING)}
+                                               Flag.POSSIBLE_SAFEGUARDING, Flag.NEEDS_INTERPRETER)}
 _RULE_KEYS = frozenset({"name", "finding", "strength", "description", "phrases", "with", "within",
                         "unless", "case_sensitive", "example", "counter_example"})
 _FILE_KEYS = frozenset({"description", "rule"})
@@ -130,8 +130,8 @@ def _rule(path: Path, raw: Any, index: int) -> PhraseRule:
         raise RuleError(path, name, "'strength' must be 'strong' or 'weak'")
     # Warning signs are counted per finding in thresholds.toml; a possible concern is already the
     # lower tier, so one match is enough and there is nothing to count.
-    if strength == "weak" and finding == Flag.POSSIBLE_SAFEGUARDING.value:
-        raise RuleError(path, name, "a 'possible-safeguarding' rule cannot be weak: one match flags the message")
+    if strength == "weak" and finding in (Flag.POSSIBLE_SAFEGUARDING.value, Flag.NEEDS_INTERPRETER.value):
+        raise RuleError(path, name, f"a {finding!r} rule cannot be weak: one match flags the message")
     within = raw.get("within", "sentence")
     if within not in ("sentence", "message"):
         raise RuleError(path, name, "'within' must be 'sentence' or 'message'")

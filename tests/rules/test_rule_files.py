@@ -210,3 +210,31 @@ def test_a_possible_safeguarding_rule_flags_without_routing(tmp_path: Path) -> N
 def test_a_weak_possible_safeguarding_rule_is_refused(tmp_path: Path) -> None:
     _fails(_broken(tmp_path, POSSIBLE_RULE.format(extra='strength = "weak"\n')), "extra.toml",
            "left-with-friends-abroad", "cannot be weak")
+
+
+INTERPRETER_RULE = '''
+[[rule]]
+name = "written-in-ethiopic-script"
+finding = "needs-interpreter"
+description = "Tigrinya or Amharic, which nobody at the school reads."
+phrases = ['[\\u1200-\\u137f]{3,}']
+
+[[rule.example]]
+text = "ሰላም ሓፍተይ ኣብ ቤት ትምህርቲ"
+expect = "needs-interpreter"
+
+[[rule.counter_example]]
+text = "Hello, could Maya have a new reading book please?"
+'''
+
+
+def test_a_needs_interpreter_rule_flags_without_routing(tmp_path: Path) -> None:
+    loaded = load_rules(_broken(tmp_path, INTERPRETER_RULE))
+    raw = ("From: parent@example.com\r\nTo: t@school.example\r\nSubject: Selam\r\n"
+           "Content-Type: text/plain; charset=utf-8\r\n\r\nሰላም መምህር፣ ወደይ ሎሚ ሕማም ኣለዎ\r\n").encode()
+    context = Context(family=None, family_label="the family", family_count=1, half_term=None, thread_count=1,
+                      limits=Limits(family_messages_per_half_term=100, thread_messages=100,
+                                    long_message_words=10_000))
+    findings = triage(parse_message(raw), context, loaded)
+    assert Flag.NEEDS_INTERPRETER.value in findings.flags
+    assert route_for(findings).value == "staff"
