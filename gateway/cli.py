@@ -83,6 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("file", help="the CSV file")
     fshow = command(famsub, "show", "the family of an address, or the addresses of a family id")
     fshow.add_argument("key", help="an email address or a family id")
+    inc = command(sub, "incidents", "incident records: every message of concern, and those recorded by hand")
+    incsub = inc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    iexp = command(incsub, "export", "incidents as CSV for the school's recording system (UTF-8, header row)")
+    iexp.add_argument("--school", help="one school's id (default: every school)")
+    iexp.add_argument("--from", dest="start", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                      help="first day (school time, included)")
+    iexp.add_argument("--to", dest="end", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                      help="last day (school time, included)")
+    iexp.add_argument("--category", help="only this category: safeguarding, abusive, negative, "
+                      "excessive contact, personal, plan breach")
+    iexp.add_argument("--out", metavar="FILE", help="write to this file instead of standard output")
+    iadd = command(incsub, "add", "record an incident by hand, about a message or a family", person)
+    iadd.add_argument("--message", type=int, metavar="ID", help="the message it is about")
+    iadd.add_argument("--family", metavar="FAMILY", help="the family it is about (a family id or an address)")
+    iadd.add_argument("--category", required=True, help="safeguarding, abusive, negative, excessive contact, "
+                      "personal or plan breach")
+    iadd.add_argument("--action", dest="action_taken", required=True, help="the action taken")
+    iadd.add_argument("--note", default="", help="a note for the record")
     rev = command(sub, "review", "the Head of School's review queue")
     revsub = rev.add_subparsers(dest="action", required=True, metavar="ACTION")
     command(revsub, "list", "messages waiting for the Head of School, with the reasons")
@@ -339,6 +357,28 @@ def _review(config: Config, rules: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _incidents(config: Config, rules: Any, args: argparse.Namespace) -> int:
+    from gateway.records import add_incident, export_incidents
+    rt = _runtime(config, rules)
+    if args.action == "add":
+        number = add_incident(rt, category=args.category, action=args.action_taken, actor=_actor(args),
+                              family=args.family, message=args.message, note=args.note)
+        print(f"incident {number} recorded")
+        return 0
+    filters = dict(school=args.school, start=args.start, end=args.end, category=args.category)
+    if args.out:
+        try:
+            with open(args.out, "w", encoding="utf-8", newline="") as out:
+                n = export_incidents(rt, out, **filters)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror}") from None
+        print(f"{n} incident(s) written to {args.out}")
+        return 0
+    sys.stdout.reconfigure(encoding="utf-8", newline="")  # type: ignore[union-attr]
+    export_incidents(rt, sys.stdout, **filters)
+    return 0
+
+
 def _imap(config: Config, rules: Any, args: argparse.Namespace) -> int:
     from gateway.imapcli import imap_command
     return imap_command(config, rules, args)
@@ -347,4 +387,5 @@ def _imap(config: Config, rules: Any, args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[Config, Any, argparse.Namespace], int]] = {
     "run": _run, "console": _console, "held": _held, "release": _release, "queue": _queue, "requeue": _requeue, "show": _show,
     "db": _db, "triage": _triage, "families": _families, "review": _review, "imap": _imap,
+    "incidents": _incidents,
 }

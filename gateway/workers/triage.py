@@ -22,10 +22,14 @@ from sqlalchemy.orm import Session, defer
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
 from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
 from gateway.domain.addresses import reply_address
+from gateway.decide.incidents import incident_category
+from gateway.domain.findings import Route
 from gateway.domain.states import State
+from gateway.store import memory
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.database import URGENT
 from gateway.store.queue import claim_messages, release_messages, renew_messages, transition
+from gateway.store.records import AUTOMATIC, record_incident
 from gateway.store.raws import StoredRaw, load_small_raws, raw_loaded, read_raw
 from gateway.workers.dispatch import OUTBOX_LEASE, Job, complete_if_done, enqueue, imap_move, jobs_for, outbox_row
 from gateway.triage.rules import RuleSet
@@ -304,6 +308,7 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
     why = plan.note or {State.HELD: f"school closed ({plan.closure})", State.IN_REVIEW: "for the Head of School",
                         State.QUEUED: "deliver now"}.get(plan.state, "")
     transition(session, row, plan.state, actor=rt.owner, now=now, reason=why, release_at=plan.release_at)
+    _record_incident(session, row, ev, now)
     written = enqueue(session, row, plan.deliveries, config, now)
     added = len(written)
     if row.source == "imap" and plan.state in (State.HELD, State.IN_REVIEW):
@@ -323,6 +328,20 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
         # saves a query, and the autoflush it forces, per message.
         complete_if_done(session, row, now, rt.owner)
     return ev, written
+
+
+def _record_incident(session: Session, row: MessageRow, ev: Evaluation, now: datetime) -> None:
+    """Policy 000: every message routed to the DSL or the Head of School is recorded as an incident."""
+    category = incident_category(ev.route, (r.flag for r in ev.findings.reasons))
+    if category is None:
+        return
+    school = ev.school
+    action = (f"sent to the DSL ({school.dsl}) at once" if ev.route is Route.DSL
+              else f"held for the Head of School's review ({school.head_of_school})")
+    record_incident(session, school=school.id, category=category, action=action, actor=AUTOMATIC, now=now,
+                    source="auto", message=row, family=ev.family.key if ev.family.known else None,
+                    parent_email=memory.normalise_address(ev.facts.from_addr or ev.sender) or None,
+                    subject=ev.facts.subject)
 
 
 def _built(row: MessageRow, what: str, notes: list[str], build: Callable[[], OutboxRow]) -> OutboxRow | None:
