@@ -1,9 +1,13 @@
 """Route and tone quality of content triage on a labelled folder: precision, recall, F1, confusion.
 
-usage: python bench/triage_quality.py [DIR] [--evidence]
+usage: python bench/triage_quality.py [DIR...] [--evidence] [--quiet]
 
-DIR holds *.eml files and labels.jsonl (one {"file", "route", "tone", ...} per line); the default
-is tests/corpus/dev. Each message is triaged exactly as the daemon does (parse, then
+Each DIR holds *.eml files and labels.jsonl (one {"file", "route", "tone", ...} per line); the
+default is tests/corpus/dev. Each folder is reported on its own, then all of them together when
+there are several: per-class precision, recall and F1, route accuracy and macro-F1, the share of
+safeguarding concerns that reach the DSL (routed there, or flagged `possible-safeguarding` for the
+DSL's digest), abusive mail routed to staff, the share of routine mail routed to the Head and
+flagged `possible-safeguarding`, and `needs-interpreter` counts. Each message is triaged exactly as the daemon does (parse, then
 `gateway.triage.triage`, then `route_for`) with one message per family and thread and limits set
 high, so that only the content decides the route. Misrouted files are listed with the rules that
 fired; `--evidence` adds the matched words (corpus text, so never use it on real mail).
@@ -14,17 +18,18 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.decide.route import route_for  # noqa: E402
-from gateway.domain.findings import Findings  # noqa: E402
+from gateway.domain.findings import Findings, Flag  # noqa: E402
 from gateway.triage import Context, triage  # noqa: E402
 from gateway.triage.facts import parse_message  # noqa: E402
 from gateway.triage.limits import Limits  # noqa: E402
-from gateway.triage.rules import default_rules_dir, load_rules  # noqa: E402
+from gateway.triage.rules import RuleSet, default_rules_dir, load_rules  # noqa: E402
 
 ROUTES = ["staff", "office", "dsl", "head_of_school"]
 TONES = ["neutral", "worried", "negative", "abusive"]
@@ -67,35 +72,73 @@ def report(title: str, pairs: list[tuple[str, str]], classes: list[str]) -> None
         print(f"  {c:>15}: precision {p:.2f} recall {r:.2f} F1 {f:.2f} (n={n})")
 
 
-def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
-    show_evidence = "--evidence" in argv
-    folder = Path(args[0]) if args else ROOT / "tests" / "corpus" / "dev"
+def measure(folder: Path, rules: RuleSet, *, show_evidence: bool, quiet: bool) -> list[Row]:
     labels = {}
     for line in (folder / "labels.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
             labels[row["file"]] = row
-    rules = load_rules(default_rules_dir())
-    routes: list[tuple[str, str]] = []
-    tones: list[tuple[str, str]] = []
-    wrong: list[tuple[str, str, str, Findings]] = []
+    rows: list[Row] = []
     for name in sorted(labels):
         findings = triage(parse_message((folder / name).read_bytes()), CONTEXT, rules)
-        route = route_for(findings).value
-        routes.append((labels[name]["route"], route))
-        tones.append((labels[name]["tone"], findings.tone.value))
-        if route != labels[name]["route"]:
-            wrong.append((name, labels[name]["route"], route, findings))
+        rows.append(Row(name, labels[name], route_for(findings).value, findings))
+    summarise(str(folder), rows, show_evidence=show_evidence, quiet=quiet)
+    return rows
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: dict
+    route: str
+    findings: Findings
+
+    def flagged(self, flag: Flag) -> bool:
+        return self.findings.has(flag)
+
+
+def summarise(title: str, rows: list[Row], *, show_evidence: bool = False, quiet: bool = False) -> None:
+    routes = [(r.label["route"], r.route) for r in rows]
+    print(f"\n=== {title}")
     report("route", routes, ROUTES)
-    report("tone", tones, TONES)
-    abusive_to_staff = sum(1 for name, (w, g) in zip(sorted(labels), routes)
-                           if labels[name]["tone"] == "abusive" and g == "staff")
-    print(f"\nabusive routed to staff: {abusive_to_staff}")
+    if not quiet:
+        report("tone", [(r.label["tone"], r.findings.tone.value) for r in rows], TONES)
+    dsl = [r for r in rows if r.label["route"] == "dsl"]
+    reached = [r for r in dsl if r.route == "dsl" or r.flagged(Flag.POSSIBLE_SAFEGUARDING)]
+    staff = [r for r in rows if r.label["route"] == "staff"]
+    to_head = [r for r in staff if r.route == "head_of_school"]
+    flagged = [r for r in staff if r.flagged(Flag.POSSIBLE_SAFEGUARDING)]
+    abusive = [r for r in rows if r.label["tone"] == "abusive" and r.route == "staff"]
+    urgent = [r for r in rows if r.label["route"] == "office"]
+    interp = [r for r in rows if r.flagged(Flag.NEEDS_INTERPRETER)]
+    print(f"\nDSL reached (routed or flagged): {len(reached)}/{len(dsl)}"
+          f" = {len(reached) / max(1, len(dsl)):.3f}; routed {sum(r.route == 'dsl' for r in dsl)}")
+    print(f"abusive routed to staff: {len(abusive)}")
+    print(f"routine to the Head: {len(to_head)}/{len(staff)} = {len(to_head) / max(1, len(staff)):.3f}")
+    print(f"routine flagged possible-safeguarding: {len(flagged)}/{len(staff)} = "
+          f"{len(flagged) / max(1, len(staff)):.3f}")
+    print(f"same-day mail reaching the office: {sum(r.route == 'office' for r in urgent)}/{len(urgent)}")
+    print(f"needs-interpreter: {len(interp)} ({', '.join(sorted({str(r.findings.language) for r in interp}))})")
+    wrong = [r for r in rows if r.route != r.label["route"]]
     print(f"misrouted: {len(wrong)}")
-    for name, want, got, findings in wrong:
-        fired = ", ".join(f"{r.rule}={r.evidence!r}" if show_evidence else r.rule for r in findings.reasons)
-        print(f"  {name}: labelled {want}, routed {got} [{fired}]")
+    if quiet:
+        return
+    for r in wrong:
+        fired = ", ".join(f"{x.rule}={x.evidence!r}" if show_evidence else x.rule for x in r.findings.reasons)
+        print(f"  {r.name}: labelled {r.label['route']} ({r.label.get('category', '')}), routed {r.route} [{fired}]")
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if not a.startswith("--")]
+    show_evidence = "--evidence" in argv
+    quiet = "--quiet" in argv
+    folders = [Path(a) for a in args] or [ROOT / "tests" / "corpus" / "dev"]
+    rules = load_rules(default_rules_dir())
+    every: list[Row] = []
+    for folder in folders:
+        every += measure(folder, rules, show_evidence=show_evidence, quiet=quiet)
+    if len(folders) > 1:
+        summarise(f"all {len(folders)} folders", every, quiet=True)
     return 0
 
 

@@ -115,6 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     it = command(imapsub, "test", "connect to one mailbox and report what the server offers")
     it.add_argument("mailbox", help="the mailbox's name or username")
     command(imapsub, "status", "each mailbox's last status and checkpoint")
+    model = command(sub, "model", "the learned triage model (rules/models/triage.json)")
+    modelsub = model.add_subparsers(dest="action", required=True, metavar="ACTION")
+    mt = command(modelsub, "train", "retrain from labelled folders (.eml + labels.jsonl) and print "
+                                    "cross-validated figures (needs scikit-learn: parentgate[train])")
+    mt.add_argument("folders", nargs="+", metavar="FOLDER", help="labelled folders, as tests/corpus/dev")
+    mt.add_argument("--out", default="models", help="where to write triage.json (default: ./models); "
+                                                      "a rules_dir reads it from its models/ folder")
+    mt.add_argument("--rules", help="the rules directory whose signals the model learns from "
+                                    "(default: the shipped rules)")
     ib = command(imapsub, "backfill", "offer a mailbox's mail since a date to triage")
     ib.add_argument("mailbox", help="the mailbox's name or username")
     ib.add_argument("--since", type=date.fromisoformat, required=True, metavar="YYYY-MM-DD",
@@ -140,6 +149,10 @@ def _login_name() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "model":
+        # Training reads labelled folders and writes a file: no configuration, no database.
+        from gateway.training import model_command
+        return model_command(args)
     try:
         from gateway.app import load_all, load_config
         # Only the commands that judge mail load the rules (about a second); the others, which an

@@ -12,10 +12,13 @@ for their child reaches the teacher while a hostile email reaches the Head of Sc
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import datetime
 
 from gateway.domain.facts import Facts
 from gateway.domain.findings import ContentFindings, Flag, Reason, Tone
 from gateway.triage.matching import Passage
+from gateway.triage.learned import TriageModel, time_signal
 from gateway.triage.rules import RuleSet
 from gateway.triage.signals import hostile_sentiment, language_reason, shouting_reasons, unreadable_reasons
 
@@ -23,6 +26,9 @@ from gateway.triage.signals import hostile_sentiment, language_reason, shouting_
 # staff, so it does not count as the parent's words (RFC 5322 §3.6.5 and common translations).
 _REPLY_SUBJECT = re.compile(r"^\s*(re|fwd?|aw|wg|sv|vs|tr|rv|odp|res|enc|r)\s*(\[\d+\])?\s*:", re.IGNORECASE)
 MAX_JUDGED = 200_000
+# A message in a language the model was trained on still needs an interpreter when fewer than this
+# share of its words were ever seen in training (a dialect or script the training mail lacks).
+INTERPRETER_KNOWN_SHARE = 0.5
 # Findings in the order a Head of School should read them.
 _ORDER = (Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL, Flag.URGENT, Flag.WORRIED,
           Flag.POSSIBLE_SAFEGUARDING, Flag.NEEDS_INTERPRETER)
@@ -50,23 +56,64 @@ def _signs(passage: Passage, rules: RuleSet) -> tuple[dict[Flag, list[Reason]], 
     return strong, weak
 
 
-def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
-    """Tone and findings with evidence. Never raises on odd text; unreadable parts become findings."""
-    passage = Passage.of(judged_text(facts), rules.index)
+@dataclass(frozen=True)
+class RuleView:
+    """What the rules and measurements found in a message, before the learned model looks at it."""
+
+    text: str
+    passage: Passage
+    strong: dict[Flag, list[Reason]]
+    weak: dict[Flag, list[Reason]]
+    shouting: list[Reason]
+    hostile: Reason | None
+    language: str | None
+    foreign: Reason | None
+
+    def signals(self, sent: datetime | None) -> frozenset[str]:
+        """The rules' own signals as the learned model's binary features."""
+        found = {f"rule:{r.rule}" for hits in (*self.strong.values(), *self.weak.values()) for r in hits}
+        if self.shouting:
+            found.add("shouting")
+        if self.hostile is not None:
+            found.add("hostile")
+        found.add("lang:" + ("en" if self.language == "en" else "unknown" if self.language is None else "other"))
+        found.add(time_signal(sent))
+        return frozenset(found)
+
+
+def rule_view(facts: Facts, rules: RuleSet) -> RuleView:
+    """Every phrase rule and measurement on the parent's own words."""
+    text = judged_text(facts)
+    passage = Passage.of(text, rules.index)
     strong, weak = _signs(passage, rules)
     thresholds = rules.thresholds
     shouting = shouting_reasons(passage, thresholds)
+    hostile = None
+    # The sentiment model runs when its one sign would decide the matter, or as the learned
+    # model's input when one is loaded.
+    negative_weak = len(weak.get(Flag.NEGATIVE, [])) + (1 if shouting else 0)
+    if rules.models is not None and not strong.get(Flag.ABUSIVE) and not strong.get(Flag.NEGATIVE) \
+            and (rules.model is not None or negative_weak == thresholds.signs_needed[Flag.NEGATIVE] - 1):
+        hostile = hostile_sentiment(passage, thresholds, rules.models)
+    language, foreign = (None, None)
+    if rules.models is not None:
+        language, foreign = language_reason(facts.new_text, thresholds, rules.models)
+    return RuleView(text=text, passage=passage, strong=strong, weak=weak, shouting=shouting, hostile=hostile,
+                    language=language, foreign=foreign)
+
+
+def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
+    """Tone and findings with evidence. Never raises on odd text; unreadable parts become findings."""
+    view = rule_view(facts, rules)
+    strong, weak, shouting = view.strong, dict(view.weak), view.shouting
+    thresholds = rules.thresholds
     # Shouting and hostile sentiment toward staff are each one more warning sign of a negative
     # email, never enough on their own (an all-capitals email may just be how someone types).
     negative_signs = list(weak.get(Flag.NEGATIVE, []))
     if shouting:
         negative_signs.append(Reason(shouting[0].rule, Flag.NEGATIVE, shouting[0].evidence))
-    # The sentiment model only runs when its one sign would decide the matter.
-    if rules.models is not None and not strong.get(Flag.ABUSIVE) and not strong.get(Flag.NEGATIVE) \
-            and len(negative_signs) == thresholds.signs_needed[Flag.NEGATIVE] - 1:
-        hostile = hostile_sentiment(passage, thresholds, rules.models)
-        if hostile is not None:
-            negative_signs.append(hostile)
+    if view.hostile is not None and len(negative_signs) == thresholds.signs_needed[Flag.NEGATIVE] - 1:
+        negative_signs.append(view.hostile)
     weak[Flag.NEGATIVE] = negative_signs
 
     reasons: list[Reason] = []
@@ -76,15 +123,62 @@ def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
         if hits or (signs and len(signs) >= thresholds.signs_needed[flag]):
             found.add(flag)
             reasons.extend(hits + signs)
+    if rules.model is not None:
+        added = model_reasons(rules.model, view, facts.date, found)
+        found.update(r.flag for r in added)
+        reasons.extend(added)
+        reasons.sort(key=lambda r: _RANK.get(r.flag, len(_RANK)))
     reasons.extend(shouting)
 
-    language, foreign = (None, None)
-    if rules.models is not None:
-        language, foreign = language_reason(facts.new_text, thresholds, rules.models)
-    if foreign is not None:
-        reasons.append(foreign)
+    if view.foreign is not None:
+        reasons.append(view.foreign)
+        interpreter = interpreter_reason(rules.model, view)
+        if interpreter is not None:
+            reasons.append(interpreter)
     reasons.extend(unreadable_reasons(facts))
-    return ContentFindings(tone=_tone(found), reasons=tuple(reasons), language=language)
+    return ContentFindings(tone=_tone(found), reasons=tuple(reasons), language=view.language)
+
+
+_RANK = {flag: i for i, flag in enumerate((Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL,
+                                           Flag.URGENT, Flag.WORRIED, Flag.POSSIBLE_SAFEGUARDING))}
+_DECIDES = {"safeguarding": Flag.SAFEGUARDING, "abusive": Flag.ABUSIVE, "negative": Flag.NEGATIVE,
+            "personal": Flag.PERSONAL, "urgent": Flag.URGENT}
+
+
+def model_reasons(model: TriageModel, view: RuleView, sent: datetime | None, found: set[Flag]) -> list[Reason]:
+    """What the learned model adds to the rules: a finding the rules missed, with the words that
+    weighed most; and, for safeguarding, the lower "possible concern" tier for the DSL's digest.
+
+    The rules stay as they are (precise, explainable); the model only adds recall.
+    """
+    words, vec = model.vector(view.text)
+    signals = view.signals(sent)
+    added: list[Reason] = []
+    scores = model.scores(vec, signals)
+    for name, flag in _DECIDES.items():
+        if flag in found:
+            continue
+        decision = model.decisions[name]
+        p = scores[name]
+        if p >= decision.threshold:
+            added.append(Reason(f"model:{name}", flag, model.evidence(name, view.text, words, vec)
+                                + f" (model {p:.2f})"))
+        elif decision.possible is not None and p >= decision.possible and flag is Flag.SAFEGUARDING:
+            added.append(Reason(f"model:{name}", Flag.POSSIBLE_SAFEGUARDING,
+                                model.evidence(name, view.text, words, vec) + f" (model {p:.2f})"))
+    return added
+
+
+def interpreter_reason(model: TriageModel | None, view: RuleView) -> Reason | None:
+    """A message in a language neither the model nor the lexicons cover: an interpreter is needed."""
+    language = view.language
+    if model is not None and language in model.languages:
+        words, _ = model.vector(view.text)
+        if model.known_share(words) >= INTERPRETER_KNOWN_SHARE:
+            return None
+    name = language or "an unidentified language"
+    return Reason("needs-interpreter", Flag.NEEDS_INTERPRETER,
+                  f"written in {name}, which parentgate cannot judge; the office arranges an interpreter")
 
 
 def _tone(found: set[Flag]) -> Tone:

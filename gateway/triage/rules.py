@@ -20,6 +20,7 @@ from typing import Any
 from gateway.domain.findings import Flag
 from gateway.shipped import rules_directory
 from gateway.triage.matching import Passage, PhraseRule, compile_phrases
+from gateway.triage.learned import ModelError, TriageModel, load_model
 from gateway.triage.models import Models
 from gateway.triage.prefilter import LiteralIndex
 from gateway.triage.thresholds import THRESHOLDS_FILE, Thresholds, load_thresholds
@@ -58,6 +59,8 @@ class RuleSet:
     thresholds: Thresholds = field(default_factory=Thresholds)
     directory: str = ""
     models: Models | None = field(default=None, compare=False, hash=False, repr=False)
+    # The learned model (models/triage.json), None only for rule sets built by hand in tests.
+    model: TriageModel | None = field(default=None, compare=False, hash=False, repr=False)
     index: LiteralIndex | None = field(default=None, compare=False, hash=False, repr=False)
 
 
@@ -185,8 +188,9 @@ def _rule_file(path: Path, data: dict[str, Any]) -> list[PhraseRule]:
     return [_rule(path, raw, i + 1) for i, raw in enumerate(entries)]
 
 
-def load_rules(directory: Path) -> RuleSet:
-    """Every `*.toml` in `directory`, validated and compiled, or `RuleError` naming file and rule."""
+def load_rules(directory: Path, *, with_model: bool = True) -> RuleSet:
+    """Every `*.toml` in `directory` and its learned model (`models/triage.json`), validated and
+    compiled, or `RuleError` naming file and rule. `with_model=False` is for training a model."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RuleError(directory, "(directory)", "rules directory not found")
@@ -214,6 +218,13 @@ def load_rules(directory: Path) -> RuleSet:
         raise RuleError(directory / THRESHOLDS_FILE, "(file)", "missing thresholds file")
     if not rules:
         raise RuleError(directory, "(directory)", "no rules found")
+    model = None
+    if with_model:
+        try:
+            model = load_model(directory)
+        except ModelError as error:
+            raise RuleError(error.path, "(model)", error.problem) from None
+        digest.update(b"model\0" + model.digest.encode() + b"\0")
     return RuleSet(digest=digest.hexdigest(), rules=tuple(rules), thresholds=thresholds,
-                   directory=str(directory), models=Models(),
+                   directory=str(directory), models=Models(), model=model,
                    index=LiteralIndex(frozenset().union(*(rule.literals() for rule in rules))))
