@@ -123,8 +123,10 @@ def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
         if hits or (signs and len(signs) >= thresholds.signs_needed[flag]):
             found.add(flag)
             reasons.extend(hits + signs)
+    words: list[tuple[str, int, int]] = []
     if rules.model is not None:
-        added = model_reasons(rules.model, view, facts.date, found)
+        words, vec = rules.model.vector(view.text)
+        added = model_reasons(rules.model, view, words, vec, facts.date, found)
         found.update(r.flag for r in added)
         reasons.extend(added)
         reasons.sort(key=lambda r: _RANK.get(r.flag, len(_RANK)))
@@ -132,26 +134,26 @@ def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
 
     if view.foreign is not None:
         reasons.append(view.foreign)
-        interpreter = interpreter_reason(rules.model, view)
-        if interpreter is not None:
-            reasons.append(interpreter)
+        if Flag.NEEDS_INTERPRETER not in found:
+            interpreter = interpreter_reason(rules, view, words)
+            if interpreter is not None:
+                reasons.append(interpreter)
     reasons.extend(unreadable_reasons(facts))
     return ContentFindings(tone=_tone(found), reasons=tuple(reasons), language=view.language)
 
 
-_RANK = {flag: i for i, flag in enumerate((Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL,
-                                           Flag.URGENT, Flag.WORRIED, Flag.POSSIBLE_SAFEGUARDING))}
+_RANK = {flag: i for i, flag in enumerate(_ORDER)}
 _DECIDES = {"safeguarding": Flag.SAFEGUARDING, "abusive": Flag.ABUSIVE, "negative": Flag.NEGATIVE,
             "personal": Flag.PERSONAL, "urgent": Flag.URGENT}
 
 
-def model_reasons(model: TriageModel, view: RuleView, sent: datetime | None, found: set[Flag]) -> list[Reason]:
+def model_reasons(model: TriageModel, view: RuleView, words: list[tuple[str, int, int]], vec: dict[int, float],
+                  sent: datetime | None, found: set[Flag]) -> list[Reason]:
     """What the learned model adds to the rules: a finding the rules missed, with the words that
     weighed most; and, for safeguarding, the lower "possible concern" tier for the DSL's digest.
 
     The rules stay as they are (precise, explainable); the model only adds recall.
     """
-    words, vec = model.vector(view.text)
     signals = view.signals(sent)
     added: list[Reason] = []
     scores = model.scores(vec, signals)
@@ -169,13 +171,18 @@ def model_reasons(model: TriageModel, view: RuleView, sent: datetime | None, fou
     return added
 
 
-def interpreter_reason(model: TriageModel | None, view: RuleView) -> Reason | None:
-    """A message in a language neither the model nor the lexicons cover: an interpreter is needed."""
+def interpreter_reason(rules: RuleSet, view: RuleView, words: list[tuple[str, int, int]]) -> Reason | None:
+    """A message in a language neither the model nor the lexicons cover: an interpreter is needed.
+
+    The model covers the languages it was trained on (enough messages in each), as long as it knows
+    most of the message's words; the lexicons cover the languages of rules/languages.toml.
+    """
     language = view.language
-    if model is not None and language in model.languages:
-        words, _ = model.vector(view.text)
-        if model.known_share(words) >= INTERPRETER_KNOWN_SHARE:
-            return None
+    if language in rules.languages:
+        return None
+    model = rules.model
+    if model is not None and language in model.languages and model.known_share(words) >= INTERPRETER_KNOWN_SHARE:
+        return None
     name = language or "an unidentified language"
     return Reason("needs-interpreter", Flag.NEEDS_INTERPRETER,
                   f"written in {name}, which parentgate cannot judge; the office arranges an interpreter")

@@ -36,6 +36,7 @@ _RULE_KEYS = frozenset({"name", "finding", "strength", "description", "phrases",
                         "unless", "case_sensitive", "example", "counter_example"})
 _FILE_KEYS = frozenset({"description", "rule"})
 _EXAMPLE_KEYS = frozenset({"text", "expect"})
+LANGUAGES_FILE = "languages.toml"
 _KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
@@ -59,6 +60,8 @@ class RuleSet:
     thresholds: Thresholds = field(default_factory=Thresholds)
     directory: str = ""
     models: Models | None = field(default=None, compare=False, hash=False, repr=False)
+    # Languages with phrase rules of their own (rules/languages.toml names end with the ISO code).
+    languages: frozenset[str] = frozenset()
     # The learned model (models/triage.json), None only for rule sets built by hand in tests.
     model: TriageModel | None = field(default=None, compare=False, hash=False, repr=False)
     index: LiteralIndex | None = field(default=None, compare=False, hash=False, repr=False)
@@ -225,6 +228,8 @@ def load_rules(directory: Path, *, with_model: bool = True) -> RuleSet:
         except ModelError as error:
             raise RuleError(error.path, "(model)", error.problem) from None
         digest.update(b"model\0" + model.digest.encode() + b"\0")
-    return RuleSet(digest=digest.hexdigest(), rules=tuple(rules), thresholds=thresholds,
+    languages = frozenset(r.name.rsplit("-", 1)[1] for r in rules
+                          if r.source == LANGUAGES_FILE and re.fullmatch(r".+-[a-z]{2}", r.name))
+    return RuleSet(digest=digest.hexdigest(), rules=tuple(rules), thresholds=thresholds, languages=languages,
                    directory=str(directory), models=Models(), model=model,
                    index=LiteralIndex(frozenset().union(*(rule.literals() for rule in rules))))
