@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("file", help="the CSV file")
     fshow = command(famsub, "show", "the family of an address, or the addresses of a family id")
     fshow.add_argument("key", help="an email address or a family id")
+    fexp = command(famsub, "export", "everything held about a family, as a zip file (subject access)")
+    fexp.add_argument("family", metavar="FAMILY", help="a family id or any of its addresses")
+    fexp.add_argument("--out", required=True, metavar="FILE.zip", help="the zip file to write")
+    fera = command(famsub, "erase", "remove a family's messages and personal data; incidents are kept "
+                   "without content or addresses", person)
+    fera.add_argument("family", metavar="FAMILY", help="a family id or any of its addresses")
+    fera.add_argument("--confirm", action="store_true", help="required: erasing cannot be undone")
     inc = command(sub, "incidents", "incident records: every message of concern, and those recorded by hand")
     incsub = inc.add_subparsers(dest="action", required=True, metavar="ACTION")
     iexp = command(incsub, "export", "incidents as CSV for the school's recording system (UTF-8, header row)")
@@ -338,6 +345,22 @@ def _families(config: Config, rules: Any, args: argparse.Namespace) -> int:
         counts = import_families(rt, text)
         for school, n in counts.items():
             print(f"{school}: {n} row(s) imported (the school's directory was replaced)")
+        return 0
+    if args.action == "export":
+        from gateway.records import export_family
+        n = export_family(rt, args.family, Path(args.out))
+        print(f"{args.out}: {n} message(s) with their findings, events, incidents, plans and blocks")
+        return 0
+    if args.action == "erase":
+        from gateway.records import erase_family
+        if not args.confirm:
+            raise UsageError("erasing a family's data cannot be undone: add --confirm")
+        done = erase_family(rt, args.family, _actor(args))
+        print(f"erased {done.messages} message(s) and the family's personal data; "
+              f"{done.incidents_kept} incident(s) kept without content or addresses; the erasure is recorded")
+        if done.leftovers:
+            print("parentgate: still named in " + ", ".join(done.leftovers) + " (another sender's mail)",
+                  file=sys.stderr)
         return 0
     rows = show_family(rt, args.key)
     if not rows:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
+import zipfile
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import IO, Iterable
+from pathlib import Path
+from typing import IO, Any, Iterable
 
 from sqlalchemy.orm import Session
 
@@ -22,6 +26,7 @@ from gateway.store import memory, records
 from gateway.store.models import MessageRow
 from gateway.workers.runtime import Runtime
 
+log = logging.getLogger("parentgate.records")
 CSV_COLUMNS = ("date", "time", "school", "child", "year group", "family", "parent email", "category",
                "summary of the reasons", "action", "staff member", "message reference")
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP's "CSV injection").
@@ -161,3 +166,84 @@ def incidents_csv(rt: Runtime, **filters: object) -> str:
     buffer = io.StringIO()
     export_incidents(rt, buffer, **filters)  # type: ignore[arg-type]
     return buffer.getvalue()
+
+
+def _family(rt: Runtime, text: str, schools: frozenset[str] | None) -> FamilyRef:
+    ref = rt.db.transact(lambda s: resolve_family(s, text, [c.id for c in rt.config.schools]))
+    if schools is not None and ref.school not in schools:
+        raise ServiceError(f"{text}: no family with this id or address in the directory")
+    return ref
+
+
+def export_family(rt: Runtime, text: str, out: Path, *, schools: frozenset[str] | None = None) -> int:
+    """Everything held about a family as a zip file (UK GDPR art. 15): each message's original .eml as
+    received (byte for byte), its findings, events and outbox rows, the family's incidents, directory
+    rows, acknowledgements, plans, blocks, stages and letters, with a JSON index. Returns the messages."""
+    ref = _family(rt, text, schools)
+    data = rt.db.transact(lambda s: records.family_data(s, ref.school, ref.key, list(ref.addresses)))
+    index: dict[str, Any] = {
+        "family": ref.key, "school": ref.school, "in_directory": ref.known, "addresses": list(ref.addresses),
+        "exported_at": rt.clock.now().isoformat(), "messages": [], "directory": data.directory,
+        "incidents": "incidents.json", "plans": "plans.json", "blocks": "blocks.json", "stages": "stages.json",
+        "acknowledgements": "acknowledgements.json", "letters": []}
+    tmp = out.with_name(out.name + ".part")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for m in data.messages:
+                eml, facts = f"messages/{m.id}.eml", f"messages/{m.id}.json"
+                z.writestr(eml, m.raw)
+                detail = {k: v for k, v in records.row_dict(m).items() if k not in ("lease_owner", "lease_until", "claims")}
+                detail.update(events=data.events.get(m.id, []), outbox=data.outbox.get(m.id, []))
+                z.writestr(facts, _json(detail))
+                index["messages"].append({"id": m.id, "eml": eml, "details": facts, "received_at": m.received_at.isoformat(),
+                                          "state": m.state, "route": m.route, "from": m.mail_from,
+                                          "to": list(m.rcpt_tos), "sha256": m.sha256})
+            for letter in data.letters:
+                name = f"letters/{letter['id']}-{letter.get('kind', 'letter')}.txt"
+                z.writestr(name, str(letter.get("draft", "")))
+                index["letters"].append(dict(letter, file=name))
+            for name, rows in (("incidents", data.incidents), ("plans", data.plans), ("blocks", data.blocks),
+                               ("stages", data.stages), ("acknowledgements", data.acknowledgements)):
+                z.writestr(f"{name}.json", _json(rows))
+            z.writestr("index.json", _json(index))
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ServiceError(f"cannot write {out}: {exc.strerror}") from None
+    log.info("families export: %d message(s) of one family written", len(data.messages))
+    return len(data.messages)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class Erased:
+    messages: int
+    incidents_kept: int
+    leftovers: tuple[str, ...]
+
+
+def erase_family(rt: Runtime, text: str, actor: str, *, schools: frozenset[str] | None = None) -> Erased:
+    """Remove a family's messages and personal data (UK GDPR art. 17), keeping its incidents without the
+    messages' content or the family's addresses, and recording that (not what) an erasure happened.
+
+    Then every text and binary column of every table is searched for the family's addresses and
+    names; what is still there (another sender's message naming them) is reported."""
+    ref = _family(rt, text, schools)
+
+    def names(session: Session) -> list[str]:
+        return [r.parent_name for r in memory.family_members(session, ref.key)
+                if r.school == ref.school and r.parent_name] if ref.known else []
+
+    def run(session: Session) -> tuple[int, int]:
+        return records.erase_family(session, school=ref.school, key=ref.key, known=ref.known,
+                                    addresses=list(ref.addresses), names=names(session), actor=actor,
+                                    now=rt.clock.now())
+    parents = rt.db.transact(names)
+    erased, kept = rt.db.transact(run)
+    records.checkpoint(rt.db.engine)
+    left = rt.db.transact(lambda s: records.leftovers(s, list(ref.addresses) + parents))
+    log.info("families erase: one family's data erased by %s (%d message(s), %d incident(s) kept)", actor, erased, kept)
+    return Erased(erased, kept, tuple(sorted({f"{t}.{c}" for t, c, _ in left})))

@@ -8,11 +8,13 @@ erased, and by whom; never what was erased.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, String, delete, or_, select
+from sqlalchemy import (JSON, Column, Engine, Index, Integer, LargeBinary, MetaData, String, Table, Text, cast, delete, func,
+                        literal, or_, select)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from gateway.store.columns import SafeJSON, SafeString, SafeText
@@ -178,3 +180,231 @@ def purge_incidents(session: Session, before: datetime, limit: int = 5000) -> in
     if ids:
         session.execute(delete(IncidentRow).where(IncidentRow.id.in_(ids)))
     return len(ids)
+
+
+# ---- A family's data: what export gathers and erase removes. --------------------------------------
+
+def _casework() -> tuple[Any, Any, Any, Any, Any]:
+    from gateway.store.models import BlockNoticeRow, BlockRow, LetterRow, PlanRow, StageRow
+    return PlanRow, BlockRow, StageRow, LetterRow, BlockNoticeRow
+
+
+def family_message_ids(session: Session, school: str, key: str, addresses: list[str]) -> list[int]:
+    """Every message from or about the family: triaged as the family's, or sent from one of its addresses."""
+    where: list[Any] = [(MessageRow.school == school) & (MessageRow.family == key)]
+    if addresses:
+        where.append(MessageRow.family.in_(addresses))
+        where.append(func.lower(MessageRow.mail_from).in_(addresses))
+    return list(session.scalars(select(MessageRow.id).where(or_(*where)).order_by(MessageRow.id)))
+
+
+def row_dict(row: Any) -> dict[str, Any]:
+    """A row as JSON-ready values (dates as ISO-8601 text, bytes left out)."""
+    out: dict[str, Any] = {}
+    for column in row.__table__.columns:
+        value = getattr(row, column.key)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            continue
+        out[column.key] = value.isoformat() if hasattr(value, "isoformat") else value
+    return out
+
+
+@dataclass
+class FamilyData:
+    messages: list[MessageRow]
+    events: dict[int, list[dict[str, Any]]]
+    outbox: dict[int, list[dict[str, Any]]]
+    incidents: list[dict[str, Any]]
+    directory: list[dict[str, Any]]
+    acknowledgements: list[dict[str, Any]]
+    plans: list[dict[str, Any]]
+    blocks: list[dict[str, Any]]
+    stages: list[dict[str, Any]]
+    letters: list[dict[str, Any]]
+
+
+def family_data(session: Session, school: str, key: str, addresses: list[str]) -> FamilyData:
+    """Everything held about a family (UK GDPR art. 15), read in one transaction."""
+    from gateway.store.models import AckRow, EventRow, OutboxRow
+    PlanRow, BlockRow, StageRow, LetterRow, _ = _casework()
+    ids = family_message_ids(session, school, key, addresses)
+    messages = list(session.scalars(select(MessageRow).where(MessageRow.id.in_(ids)).order_by(MessageRow.id))) if ids else []
+    events: dict[int, list[dict[str, Any]]] = {}
+    outbox: dict[int, list[dict[str, Any]]] = {}
+    if ids:
+        for e in session.scalars(select(EventRow).where(EventRow.message.in_(ids)).order_by(EventRow.id)):
+            events.setdefault(e.message, []).append(row_dict(e))
+        for o in session.scalars(select(OutboxRow).where(OutboxRow.message.in_(ids)).order_by(OutboxRow.id)):
+            outbox.setdefault(o.message, []).append(row_dict(o))
+    family_where = (lambda model: (model.school == school) & (model.family_id == key))
+    blocks_where: list[Any] = [family_where(BlockRow)]
+    if addresses:
+        blocks_where.append(BlockRow.address.in_(addresses))
+    return FamilyData(
+        messages=messages, events=events, outbox=outbox,
+        incidents=[row_dict(r) for r in incidents_of(session, school, key, addresses, ids)],
+        directory=[row_dict(r) for r in session.scalars(select(FamilyRow).where(
+            or_(family_where(FamilyRow), FamilyRow.email.in_(addresses or [""]))).order_by(FamilyRow.id))],
+        acknowledgements=[row_dict(r) for r in session.scalars(select(AckRow).where(
+            AckRow.sender.in_(addresses or [""])).order_by(AckRow.id))],
+        plans=[row_dict(r) for r in session.scalars(select(PlanRow).where(family_where(PlanRow)).order_by(PlanRow.id))],
+        blocks=[row_dict(r) for r in session.scalars(select(BlockRow).where(or_(*blocks_where)).order_by(BlockRow.id))],
+        stages=[row_dict(r) for r in session.scalars(select(StageRow).where(family_where(StageRow)).order_by(StageRow.id))],
+        letters=[row_dict(r) for r in session.scalars(select(LetterRow).where(family_where(LetterRow)).order_by(LetterRow.id))])
+
+
+ERASED = "[erased]"
+
+
+def erase_family(session: Session, *, school: str, key: str, known: bool, addresses: list[str],
+                 names: list[str], actor: str, now: datetime) -> tuple[int, int]:
+    """Remove the family's messages and personal data; keep its incidents without their content or the
+    family's addresses; record that an erasure happened. Returns (messages erased, incidents kept)."""
+    from gateway.store.console import ConsoleLinkRow
+    from gateway.store.models import AckRow, EventRow, OutboxRow, ThreadRow
+    PlanRow, BlockRow, StageRow, LetterRow, BlockNoticeRow = _casework()
+    if session.get_bind().dialect.name == "sqlite":
+        # Deleted rows' bytes are overwritten in the file, not only unlinked (SQLite's secure_delete).
+        session.connection().exec_driver_sql("PRAGMA secure_delete = ON")
+    ids = family_message_ids(session, school, key, addresses)
+    kept = incidents_of(session, school, key, addresses, ids)
+    needles = [n for n in dict.fromkeys([*addresses, *names]) if n]
+    for incident in kept:
+        incident.subject = None
+        incident.parent_email = None
+        incident.family = None if (not known or "@" in (incident.family or "")) else incident.family
+        incident.reasons = [{"rule": r.get("rule", ""), "evidence": ""} for r in incident.reasons or ()]
+        incident.action = scrub(incident.action or "", needles)
+        incident.note = scrub(incident.note or "", needles)
+        incident.erased_at = now
+    letters = list(session.scalars(select(LetterRow).where(LetterRow.school == school, LetterRow.family_id == key)))
+    letter_outbox = [r.outbox for r in letters if r.outbox is not None]
+    if ids:
+        session.execute(delete(EventRow).where(EventRow.message.in_(ids)))
+        session.execute(delete(OutboxRow).where(OutboxRow.message.in_(ids)))
+        session.execute(delete(MessageRow).where(MessageRow.id.in_(ids)))
+    if letter_outbox:
+        session.execute(delete(OutboxRow).where(OutboxRow.id.in_(letter_outbox)))
+    if addresses:
+        session.execute(delete(OutboxRow).where(OutboxRow.ack_sender.in_(addresses)))
+        session.execute(delete(AckRow).where(AckRow.sender.in_(addresses)))
+        session.execute(delete(BlockNoticeRow).where(BlockNoticeRow.sender.in_(addresses)))
+        session.execute(delete(BlockRow).where(BlockRow.address.in_(addresses)))
+        session.execute(delete(ThreadRow).where(ThreadRow.family.in_(addresses)))
+        session.execute(delete(FamilyRow).where(FamilyRow.email.in_(addresses)))
+        session.execute(delete(ConsoleLinkRow).where(func.lower(ConsoleLinkRow.email).in_(addresses)))
+    session.execute(delete(ThreadRow).where(ThreadRow.school == school, ThreadRow.family == key))
+    for model in (PlanRow, BlockRow, StageRow, LetterRow, FamilyRow):
+        session.execute(delete(model).where(model.school == school, model.family_id == key))
+    session.flush()
+    # Whatever still names them (an event on another message, a letter's outbox row, a table added
+    # since): text is rewritten without them, and a stored email about them is removed.
+    tables = {t.name: t for t in _tables(session)}
+    for table, column, pk in leftovers(session, needles):
+        _scrub_cell(session, tables[table], column, pk, needles)
+    session.add(ErasureRow(school=school, at=now, actor=actor, messages=len(ids), incidents_kept=len(kept)))
+    session.flush()
+    if session.get_bind().dialect.name == "sqlite":
+        # The deletes are done (and their pages overwritten); the pooled connection goes back as it was.
+        session.connection().exec_driver_sql("PRAGMA secure_delete = OFF")
+    return len(ids), len(kept)
+
+
+def scrub(text: str, needles: list[str]) -> str:
+    for needle in needles:
+        text = re.sub(re.escape(needle), ERASED, text, flags=re.IGNORECASE)
+    return text
+
+
+def _scrub_value(value: Any, needles: list[str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value, needles)
+    if isinstance(value, list):
+        return [_scrub_value(v, needles) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, needles) for k, v in value.items()}
+    return value
+
+
+def _tables(session: Session) -> list[Table]:
+    """Every table in the database as it is (reflected), including those no module here declares."""
+    meta = MetaData()
+    meta.reflect(bind=session.connection())
+    return [t for t in meta.sorted_tables if t.name != "alembic_version"]
+
+
+def _kind(column: Column[Any]) -> str | None:
+    kind = column.type
+    if isinstance(kind, LargeBinary):
+        return "bytes"
+    if isinstance(kind, (JSON,)):
+        return "json"
+    if isinstance(kind, (String, Text)):
+        return "text"
+    return None
+
+
+def leftovers(session: Session, needles: list[str]) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """Every (table, column, primary key) whose value contains one of `needles` (case-insensitive for
+    text, byte for byte in binary columns): the check that an erasure left nothing."""
+    found: list[tuple[str, str, tuple[Any, ...]]] = []
+    if not needles:
+        return found
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for table in _tables(session):
+        pk = list(table.primary_key.columns)
+        for column in table.columns:
+            kind = _kind(column)
+            if kind is None:
+                continue
+            for needle in needles:
+                if kind == "bytes":
+                    variants = [v.encode() for v in dict.fromkeys((needle, needle.lower()))]
+                    test = or_(*[(func.position(literal(v).op("IN")(column)) > 0) if postgres
+                                 else (func.instr(column, literal(v)) > 0) for v in variants])
+                else:
+                    test = func.lower(cast(column, Text)).contains(needle.lower(), autoescape=True)
+                if pk:
+                    found.extend((table.name, column.name, tuple(r)) for r in session.execute(select(*pk).where(test)))
+                elif session.execute(select(func.count()).select_from(table).where(test)).scalar():
+                    found.append((table.name, column.name, ()))
+    return list(dict.fromkeys(found))
+
+
+def _scrub_cell(session: Session, table: Table, column_name: str, pk_values: tuple[Any, ...],
+                needles: list[str]) -> None:
+    table_name = table.name
+    column = table.columns[column_name]
+    pk = list(table.primary_key.columns)
+    if not pk:
+        return
+    where = [c == v for c, v in zip(pk, pk_values)]
+    kind = _kind(column)
+    if kind == "bytes":
+        # A stored email that names them (a copy, a letter): about the family, so removed, unless it is
+        # a message of another sender, which is that sender's and is left for its own retention.
+        if table_name != "messages":
+            session.execute(table.delete().where(*where))
+        return
+    value = session.execute(select(column).where(*where)).scalar()
+    if kind == "json" and isinstance(value, str):
+        import json
+        value = json.dumps(_scrub_value(json.loads(value), needles))
+    else:
+        value = _scrub_value(value, needles)
+    session.execute(table.update().where(*where).values({column_name: value}))
+
+
+def checkpoint(engine: Engine) -> None:
+    """After an erasure on SQLite: the write-ahead log's copies of the old pages are folded into the
+    file and the log emptied (outside any transaction, as SQLite requires; a reader still busy with
+    it only means the next checkpoint finishes the job)."""
+    if engine.dialect.name != "sqlite":
+        return
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        cursor.close()
+    finally:
+        connection.close()
