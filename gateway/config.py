@@ -40,6 +40,20 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long each kind of record is kept before the purge job deletes it ([retention])."""
+
+    # Delivered or forwarded mail, counted from when it was finished.
+    delivered: timedelta = timedelta(days=400)
+    # Mail the Head of School kept back.
+    dismissed: timedelta = timedelta(days=400)
+    # Mail from a blocked sender (never deleted before this, whatever else happens).
+    blocked: timedelta = timedelta(days=400)
+    # Incident records: the school's evidence, kept longest.
+    incidents: timedelta = timedelta(days=2557)
+
+
+@dataclass(frozen=True)
 class SmtpConfig:
     host: str
     port: int
@@ -166,6 +180,7 @@ class Config:
     submission: SubmissionConfig | None
     metrics: MetricsConfig | None = None
     console: ConsoleConfig | None = None
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -292,6 +307,14 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
         count_unknown_senders=lim.get("count_unknown_senders", bool, False))
     lim.finish()
 
+    # [gateway] retention is the default for every kind of mail, as before [retention] existed.
+    ret = root.table("retention")
+    mail_default = f"{gateway.retention.days}d" if gateway.retention.days else f"{int(gateway.retention.total_seconds())}s"
+    retention = RetentionConfig(
+        delivered=read_duration(ret, "delivered", mail_default), dismissed=read_duration(ret, "dismissed", mail_default),
+        blocked=read_duration(ret, "blocked", mail_default), incidents=read_duration(ret, "incidents", "2557d"))
+    ret.finish()
+
     schools = tuple(_school(t, tz_name, acknowledge.enabled) for t in root.tables("schools"))
     if not schools:
         raise ConfigError(path, "schools", "at least one [[schools]] table is required")
@@ -311,7 +334,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     root.finish()
     return Config(path=path, gateway=gateway, smtp=smtp, delivery=delivery, acknowledge=acknowledge,
                   limits=limits, schools=schools, mailboxes=mailboxes, submission=submission, metrics=metrics,
-                  console=console)
+                  console=console, retention=retention)
 
 
 def _metrics(t: Table) -> MetricsConfig:

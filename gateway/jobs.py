@@ -75,7 +75,7 @@ class Jobs:
             log.exception("retention purge failed")
             return
         if n:
-            log.info("retention: deleted %d finished message(s)", n)
+            log.info("retention: deleted %d expired message(s) and incident(s)", n)
 
     def shutdown(self) -> None:
         self.scheduler.shutdown(wait=False)

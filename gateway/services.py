@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from gateway.domain.states import State
+from gateway.domain.states import OutboxState, State
 from gateway.store import memory
 from gateway.store.models import EventRow, FamilyRow, MessageRow, OutboxRow
 from gateway.store.queue import transition
@@ -207,17 +207,30 @@ def show_family(rt: Runtime, key: str) -> list[FamilyRow]:
 
 
 def purge_expired(rt: Runtime) -> int:
-    """Retention: finished messages older than `gateway.retention` are deleted with their events."""
-    cutoff = rt.clock.now() - rt.config.gateway.retention
+    """Retention ([retention]): delivered or forwarded mail, dismissed mail and blocked senders' mail each
+    after its own period (with their events and outbox rows), the gateway's own letters once sent, and
+    incident records after theirs. Returns how many messages and incidents were deleted."""
+    from gateway.store.records import purge_incidents
+    now = rt.clock.now()
+    keep = rt.config.retention
+    periods = (((State.DELIVERED.value, State.FORWARDED.value), keep.delivered),
+               ((State.DISMISSED.value,), keep.dismissed), ((State.BLOCKED.value,), keep.blocked))
 
     def run(session: Session) -> int:
-        ids = list(session.scalars(select(MessageRow.id).where(
-            MessageRow.state.in_(TERMINAL), MessageRow.updated_at < cutoff).limit(5000)))
-        if ids:
-            session.execute(delete(EventRow).where(EventRow.message.in_(ids)))
-            session.execute(delete(OutboxRow).where(OutboxRow.message.in_(ids)))
-            session.execute(delete(MessageRow).where(MessageRow.id.in_(ids)))
-        return len(ids)
+        total = 0
+        for states, period in periods:
+            ids = list(session.scalars(select(MessageRow.id).where(
+                MessageRow.state.in_(states), MessageRow.updated_at < now - period).limit(5000)))
+            if ids:
+                session.execute(delete(EventRow).where(EventRow.message.in_(ids)))
+                session.execute(delete(OutboxRow).where(OutboxRow.message.in_(ids)))
+                session.execute(delete(MessageRow).where(MessageRow.id.in_(ids)))
+            total += len(ids)
+        # Letters and reminders stand alone in the outbox (no message): kept as long as delivered mail.
+        session.execute(delete(OutboxRow).where(
+            OutboxRow.message.is_(None), OutboxRow.state.in_((OutboxState.SENT.value, OutboxState.FAILED.value)),
+            OutboxRow.finished_at < now - keep.delivered))
+        return total + purge_incidents(session, now - keep.incidents)
     return rt.db.transact(run)
 
 
