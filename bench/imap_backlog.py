@@ -7,7 +7,8 @@ Starts a private Dovecot on a free 127.0.0.1 port in a temp dir, appends N reali
       of three passes);
   (b) parentgate in this process: `backfill` from 1970-01-01 through a StoreImapPort (SQLite in the
       temp dir), TriageWorker.run_until_idle (judging in the daemon's JudgePool), then a
-      DeliveryWorker with the IMAP mover run until idle,
+      DeliveryWorker with the IMAP mover run until idle, its moves made on the mailbox's watcher
+      connection (started, as in the daemon, before the clock starts) in batches,
 and prints messages/s for each and the ratio b/a. The school is closed at the benchmark's fixed clock
 time (a Saturday), so every message is held: stored, triaged and moved to the held folder in place.
 (b) is complete when every message is in state `held` and the held folder holds N.
@@ -335,7 +336,7 @@ async def _parentgate(work: Path, server: Dovecot, n: int, result: Result) -> No
     from gateway.app import build_runtime, delivery_transport, load_all, rules_dir
     from gateway.clock import FixedClock
     from gateway.imapmode import make_mover
-    from gateway.ingest.imap import MailboxActions, backfill
+    from gateway.ingest.imap import MailboxActions, MailboxWatcher, backfill
     from gateway.ingest.mailstore import StoreImapPort
     from gateway.workers.delivery import DeliveryWorker
     from gateway.workers.judging import JudgePool
@@ -351,7 +352,14 @@ async def _parentgate(work: Path, server: Dovecot, n: int, result: Result) -> No
         [mailbox] = config.mailboxes
         port = StoreImapPort(rt.db, rt.clock, lambda: config)
         triage = TriageWorker(rt, pool=judges)
-        delivery = DeliveryWorker(rt, transport, mover=make_mover(rt, MailboxActions()))
+        # The daemon's arrangement: the mailbox's watcher (one connection) makes the moves between IDLEs.
+        watcher = MailboxWatcher(mailbox, port, now=rt.clock.now)
+        actions = MailboxActions()
+        actions.attach(watcher)
+        watching = asyncio.create_task(watcher.run())
+        while watcher.state != "idle":
+            await asyncio.sleep(0.01)
+        delivery = DeliveryWorker(rt, transport, mover=make_mover(rt, actions))
         meter = Meter(server)
         stored = await backfill(mailbox, port, date(1970, 1, 1), lambda _done, _total: None)
         meter.mark(f"backfill (fetch + store {stored})")
@@ -367,6 +375,9 @@ async def _parentgate(work: Path, server: Dovecot, n: int, result: Result) -> No
             result.note = (f"INCOMPLETE: {done}/{n} held and moved per the database, {in_folder} in {HELD!r}; "
                            f"message states {states}; imap_move rows {moves}")
     finally:
+        if "watcher" in locals():
+            await watcher.stop()
+            await watching
         await asyncio.to_thread(judges.close)
         await transport.close()
         rt.db.close()

@@ -136,6 +136,16 @@ class MailboxConfig:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    """How IMAP mode treats the server as a whole: at most `connect_concurrency` connections being
+    opened at once (start-up, reconnects), and reconnects backed off exponentially with full jitter
+    from 1 s up to `reconnect_max_seconds`."""
+
+    connect_concurrency: int = 20
+    reconnect_max_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class SubmissionConfig:
     host: str
     port: int
@@ -181,6 +191,7 @@ class Config:
     metrics: MetricsConfig | None = None
     console: ConsoleConfig | None = None
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -324,6 +335,8 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     imap = root.table("imap")
     mailboxes = tuple(_mailbox(t, base, {s.id for s in schools}) for t in imap.tables("mailboxes"))
     _check_unique(path, "imap.mailboxes", [m.name for m in mailboxes], "name")
+    imap_config = ImapConfig(connect_concurrency=read_positive(imap, "connect_concurrency", 20),
+                             reconnect_max_seconds=read_positive(imap, "reconnect_max_seconds", 300))
     imap.finish()
     submission = _submission(root.table("submission"), base) if "submission" in data else None
     root.seen.add("submission")
@@ -334,7 +347,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     root.finish()
     return Config(path=path, gateway=gateway, smtp=smtp, delivery=delivery, acknowledge=acknowledge,
                   limits=limits, schools=schools, mailboxes=mailboxes, submission=submission, metrics=metrics,
-                  console=console, retention=retention)
+                  console=console, retention=retention, imap=imap_config)
 
 
 def _metrics(t: Table) -> MetricsConfig:

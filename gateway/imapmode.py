@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 from gateway.act.mailbox import MailboxError, MessageNotFoundError
 from gateway.act.relay import RelayTarget, SmtpRelay
 from gateway.act.transport import Outcome, Transport
 from gateway.config import Config, Credentials
-from gateway.ingest.imap import MailboxActions, MailboxWatcher
+from gateway.ingest.imap import MailboxActions, MailboxWatcher, MoveRequest
 from gateway.ingest.mailstore import StoreImapPort
 from gateway.ingest.oauth import GoogleTokenProvider, MicrosoftTokenProvider, TokenProvider
 from gateway.workers.delivery import MoveFn
@@ -61,16 +62,28 @@ def submission_transport(config: Config) -> Transport | None:
 
 
 class ImapMode:
-    def __init__(self, rt: Runtime) -> None:
+    """One watcher (one connection, one thread) per configured mailbox; the pipeline's moves run on it.
+
+    Watchers open their connections at most `[imap] connect_concurrency` at a time, so a thousand
+    mailboxes start in waves rather than all at once, and reconnect with jittered backoff.
+    """
+
+    def __init__(self, rt: Runtime, *, rng: random.Random | None = None) -> None:
         self.rt = rt
         self.actions = MailboxActions()
         self.port = StoreImapPort(rt.db, rt.clock, lambda: rt.config)
         self.watchers: list[MailboxWatcher] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self._rng = rng or random.Random()
 
     def start(self) -> None:
+        settings = self.rt.config.imap
+        gate = asyncio.Semaphore(settings.connect_concurrency)
         for mailbox in self.rt.config.mailboxes:
-            watcher = MailboxWatcher(mailbox, self.port, now=self.rt.clock.now, on_stored=self.rt.wake_triage)
+            watcher = MailboxWatcher(mailbox, self.port, now=self.rt.clock.now, on_stored=self.rt.wake_triage,
+                                     backoff=(1.0, float(settings.reconnect_max_seconds)), connect_gate=gate,
+                                     rng=self._rng)
+            self.actions.attach(watcher)
             self.watchers.append(watcher)
             self.tasks.append(asyncio.create_task(watcher.run(), name=f"imap:{mailbox.name}"))
         if self.watchers:

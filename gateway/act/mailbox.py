@@ -36,12 +36,45 @@ _TEMPORARY_CODES = (b"[UNAVAILABLE]", b"[INUSE]", b"[SERVERBUG]", b"[LIMIT]", b"
 _CHANGES = frozenset({b"EXISTS", b"RECENT", b"EXPUNGE", b"FETCH"})
 
 
-class MailboxError(Exception):
-    """An IMAP failure. `temporary` errors are retried soon; others need a person (retried slowly)."""
+# Words with which servers say "not now, you are too many or too fast": Dovecot's and Exchange's
+# "Too many connections", Gmail's "throttled", RFC 5530's [UNAVAILABLE] and [LIMIT]. A client told so
+# backs off longer than after an ordinary failure.
+_THROTTLE_MARKERS = ("[unavailable]", "[limit]", "too many", "throttl")
 
-    def __init__(self, temporary: bool, message: str) -> None:
+
+class MailboxError(Exception):
+    """An IMAP failure. `temporary` errors are retried soon; others need a person (retried slowly).
+
+    `throttled` errors are the server saying it is overloaded or limiting us (a BYE at connect, too many
+    connections, a throttling response): retried, but later than other temporary errors.
+    """
+
+    def __init__(self, temporary: bool, message: str, *, throttled: bool = False) -> None:
         super().__init__(message)
-        self.temporary = temporary
+        self.temporary = temporary or throttled
+        self.throttled = throttled
+
+
+def is_throttling(text: str) -> bool:
+    """Whether a server's words ask us to slow down (see _THROTTLE_MARKERS)."""
+    lowered = text.lower()
+    return any(marker in lowered for marker in _THROTTLE_MARKERS)
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """An IMAP sequence set with runs collapsed (RFC 3501 §9 sequence-set): [4, 7, 9, 10, 11, 12] -> "4,7,9:12"."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("an empty UID set")
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:] + [0]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = uid
+    return ",".join(parts)
 
 
 class MessageNotFoundError(MailboxError):
@@ -57,6 +90,21 @@ class FetchedMessage:
     raw: bytes
     internaldate: datetime | None
     flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MoveRequest:
+    """One message to move: found by Message-ID and content hash (or a known UID) in `from_folder`."""
+
+    message_id: str | None
+    sha256: str
+    from_folder: str
+    to_folder: str
+    unseen: bool
+
+    @property
+    def label(self) -> str:
+        return self.message_id or f"sha256:{self.sha256[:12]}"
 
 
 def content_sha256(raw: bytes) -> str:
@@ -78,8 +126,11 @@ class ImapSession:
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.mailbox = mailbox
         self.where = f"{mailbox.credentials.username}@{mailbox.host}"
-        # UIDNEXT reported by the last `select` (RFC 3501 §6.3.1).
+        # UIDNEXT reported by the last `select` (RFC 3501 §6.3.1), and the folder it selected.
         self.uidnext: int | None = None
+        self.selected: str | None = None
+        # Folders seen or created on this connection: `ensure_folders` lists the server's only for others.
+        self._folders: set[str] = set()
         self._xoauth2, self._timeout, self._ssl_context = xoauth2, timeout_s, ssl_context
         self._disabled = frozenset(name.upper() for name in disable)
         self._client: Any = None
@@ -135,10 +186,16 @@ class ImapSession:
             return [str(name) for _flags, _delimiter, name in self._client.list_folders()]
 
     def ensure_folders(self, names: Iterable[str]) -> None:
-        """Create (and subscribe) each folder that does not exist yet."""
+        """Create (and subscribe) each folder that does not exist yet (a LIST only for folders this
+        connection has not seen yet)."""
+        wanted = [name for name in dict.fromkeys(names) if name not in self._folders]
+        if not wanted:
+            return
         existing = set(self.list_folders())
-        for name in dict.fromkeys(names):
+        self._folders |= existing
+        for name in wanted:
             if name in existing or name.upper() == "INBOX":
+                self._folders.add(name)
                 continue
             with self._errors(f"CREATE {name!r}"):
                 try:
@@ -147,6 +204,7 @@ class ImapSession:
                     # Another connection may have created it meanwhile ([ALREADYEXISTS], RFC 5530).
                     if not self._client.folder_exists(name):
                         raise
+                self._folders.add(name)
                 log.info("%s: created folder %r", self.mailbox.name, name)
                 # Many clients show only subscribed folders; subscribing is a courtesy.
                 with suppress(IMAPClientError):
@@ -154,9 +212,11 @@ class ImapSession:
 
     def select(self, folder: str) -> int:
         """Select a folder read-write; returns its UIDVALIDITY (RFC 3501 §2.3.1.1)."""
+        self.selected = None
         with self._errors(f"SELECT {folder!r}"):
             response = self._client.select_folder(folder)
             self._announced_changes()
+        self.selected = folder
         uidnext = response.get(b"UIDNEXT")
         self.uidnext = int(uidnext) if uidnext is not None else None
         uidvalidity = response.get(b"UIDVALIDITY")
@@ -271,7 +331,8 @@ class ImapSession:
             kind = response[0] if len(response) > 0 else None
             text = _text(response[1]) if len(response) > 1 else ""
             if kind == b"BYE":
-                raise MailboxError(True, f"{self.where}: server ended the session (BYE {_short(text)})")
+                raise MailboxError(True, f"{self.where}: server ended the session (BYE {_short(text)})",
+                                   throttled=is_throttling(text))
             # Dovecot answers an untagged NO when the selected folder was deleted
             # under us, then keeps serving the stale folder: reconnecting re-selects
             # it and notices the new UIDVALIDITY (RFC 3501 §7.1.2).
@@ -281,39 +342,55 @@ class ImapSession:
                 raise MailboxError(True, f"{self.where}: UIDVALIDITY changed while selected")
         return any(len(r) > 1 and r[1] in _CHANGES for r in responses)
 
-    def move(self, uid: int, dest: str) -> bool:
-        """Move one message; returns False when its source copy could only be flagged \\Deleted.
+    def move(self, uids: int | Sequence[int], dest: str) -> bool:
+        """Move messages of the selected folder in one command; returns False when their source copies could
+        only be flagged \\Deleted.
 
-        With MOVE (RFC 6851) the server moves atomically. Otherwise COPY, then
-        STORE \\Deleted and UID EXPUNGE of this UID only (RFC 4315 §2.1), and
-        only after the COPY succeeded. Without UIDPLUS a plain EXPUNGE would also
-        remove other messages users flagged \\Deleted, so the source is left
-        flagged \\Deleted for the user's client to expunge.
+        With MOVE (RFC 6851) the server moves atomically (`UID MOVE 4,7,9:12 dest`). Otherwise COPY,
+        then STORE \\Deleted and UID EXPUNGE of these UIDs only (RFC 4315 §2.1), and only after the COPY
+        succeeded: nothing is expunged that is not already in `dest`. Without UIDPLUS a plain EXPUNGE
+        would also remove other messages users flagged \\Deleted, so the source is left flagged
+        \\Deleted for the user's client to expunge.
         """
+        which = uid_set([uids] if isinstance(uids, int) else uids)
         if self.has("MOVE"):
-            with self._errors(f"UID MOVE {uid} to {dest!r}"):
-                self._client.move([uid], dest)
+            with self._errors(f"UID MOVE {which} to {dest!r}"):
+                self._client.move(which, dest)
             return True
-        with self._errors(f"UID COPY {uid} to {dest!r}"):
-            self._client.copy([uid], dest)
-        with self._errors(f"UID STORE {uid} +FLAGS \\Deleted"):
-            self._client.add_flags([uid], [b"\\Deleted"], silent=True)
+        with self._errors(f"UID COPY {which} to {dest!r}"):
+            self._client.copy(which, dest)
+        with self._errors(f"UID STORE {which} +FLAGS \\Deleted"):
+            self._client.add_flags(which, [b"\\Deleted"], silent=True)
         if not self.has("UIDPLUS"):
-            log.warning("%s: server lacks UIDPLUS; UID %d copied to %r and left flagged \\Deleted",
-                        self.mailbox.name, uid, dest)
+            log.warning("%s: server lacks UIDPLUS; UID %s copied to %r and left flagged \\Deleted",
+                        self.mailbox.name, which, dest)
             return False
-        with self._errors(f"UID EXPUNGE {uid}"):
-            self._client.uid_expunge([uid])
+        with self._errors(f"UID EXPUNGE {which}"):
+            self._client.uid_expunge(which)
         return True
 
-    def find_uid(self, folder: str, message_id: str | None, sha256: str) -> int | None:
-        """Select `folder` and find the undeleted message with this Message-ID and content hash.
+    def forget_folder(self, name: str) -> None:
+        """A folder this connection knew of is gone (a MOVE into it answered [TRYCREATE])."""
+        self._folders.discard(name)
+
+    def present(self, uids: Sequence[int]) -> set[int]:
+        """Which of these UIDs are still in the selected folder, not flagged \\Deleted (one UID SEARCH)."""
+        if not uids:
+            return set()
+        with self._errors("UID SEARCH UID"):
+            found = self._client.search(["UID", uid_set(uids), "UNDELETED"])
+        return set(map(int, found)) & set(uids)
+
+    def find_uid(self, folder: str | None, message_id: str | None, sha256: str) -> int | None:
+        """Select `folder` (None: the folder already selected) and find the undeleted message with this
+        Message-ID and content hash.
 
         One exact Message-ID match is taken as is (servers need not return
         byte-identical content after a move); several are told apart by hash.
         Without a Message-ID every undeleted message's content is hashed.
         """
-        self.select(folder)
+        if folder is not None:
+            self.select(folder)
         if message_id:
             try:
                 message_id.encode("ascii")
@@ -355,10 +432,11 @@ class ImapSession:
             self._changes(responses, during_idle=False)
             self._announced_changes()
 
-    def mark_unseen(self, uid: int) -> None:
-        """Remove \\Seen from one message in the selected folder."""
-        with self._errors(f"UID STORE {uid} -FLAGS \\Seen"):
-            self._client.remove_flags([uid], [b"\\Seen"], silent=True)
+    def mark_unseen(self, uids: int | Sequence[int]) -> None:
+        """Remove \\Seen from messages in the selected folder (one UID STORE)."""
+        which = uid_set([uids] if isinstance(uids, int) else uids)
+        with self._errors(f"UID STORE {which} -FLAGS \\Seen"):
+            self._client.remove_flags(which, [b"\\Seen"], silent=True)
 
     def logout(self) -> None:
         """Log out politely if possible; always release the socket and the wake pipe."""
@@ -396,13 +474,22 @@ class ImapSession:
         except (IMAPClientAbortError, OSError) as exc:
             self._broken = True
             raise self._connection_error(exc, command) from None
-        except LoginError:
+        except LoginError as exc:
+            if is_throttling(str(exc)):
+                # "NO [LIMIT] Maximum number of connections" (Dovecot) or [UNAVAILABLE] is not a wrong password.
+                raise MailboxError(True, f"{self.where}: login refused for now: {_short(str(exc))}",
+                                   throttled=True) from None
             how = "check the OAuth2 app's permission on this mailbox" if box.credentials.oauth2 else "check password"
             raise MailboxError(False, f"authentication failed for {self.where}: {how}") from None
         except IMAPClientError as exc:
             text = str(exc).encode("utf-8", "replace")
+            if command == "connect":
+                # A greeting other than OK/PREAUTH: a BYE ("too many connections", maintenance).
+                raise MailboxError(True, f"{self.where}: server refused the connection: {_short(str(exc))}",
+                                   throttled=True) from None
             temporary = any(code in text for code in _TEMPORARY_CODES)
-            raise MailboxError(temporary, f"{self.where}: {command} failed: {_short(str(exc))}") from None
+            raise MailboxError(temporary, f"{self.where}: {command} failed: {_short(str(exc))}",
+                               throttled=is_throttling(str(exc))) from None
 
     def _connection_error(self, exc: BaseException, command: str) -> MailboxError:
         box, at = self.mailbox, f"{self.mailbox.host}:{self.mailbox.port}"
@@ -418,6 +505,67 @@ class ImapSession:
                                       f"is the server running and the port right?")
         # Abort errors may quote the unparsable line, which can be message content.
         return MailboxError(True, f"connection to {at} lost during {command} ({type(exc).__name__})")
+
+
+def move_batch(session: ImapSession, requests: Sequence[MoveRequest],
+               known: dict[str, int] | None = None) -> list[MailboxError | None]:
+    """Carry out moves on one connection: one UID MOVE (and one STORE -\\Seen) per source, destination
+    and flag change, with a UID set (`UID MOVE 4,7,9:12 dest`). Returns, per request, None when the
+    message is now in its destination (moved, or already there) or the MessageNotFoundError saying it is
+    in neither folder. A connection failure raises: the requests not done are retried; those done are
+    found in their destination next time.
+
+    `known` maps content hashes to UIDs of the source folder fetched earlier in the same UIDVALIDITY
+    (UIDs are never reused, RFC 3501 §2.3.1.1): such a message is moved if its UID is still present,
+    without a search. Leaves another folder than before selected.
+    """
+    known = known or {}
+    results: list[MailboxError | None] = [None] * len(requests)
+    name = session.mailbox.name
+    # A user may have deleted a destination folder; recreate it rather than fail.
+    session.ensure_folders(dict.fromkeys(r.to_folder for r in requests))
+    groups: dict[tuple[str, str, bool], list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault((request.from_folder, request.to_folder, request.unseen), []).append(i)
+    for (source, dest, unseen), members in groups.items():
+        if session.selected != source:
+            session.select(source)
+        hinted = {i: known.get(requests[i].sha256) for i in members}
+        present = session.present([uid for uid in hinted.values() if uid is not None])
+        uid_of: dict[int, int] = {}
+        for i in members:
+            uid = hinted[i]
+            if uid is None or uid not in present:
+                uid = session.find_uid(None, requests[i].message_id, requests[i].sha256)
+            if uid is not None:
+                uid_of[i] = uid
+        if uid_of:
+            uids = sorted(set(uid_of.values()))
+            # Flags travel with the message on MOVE and COPY (RFC 6851 §3.3, RFC 3501 §6.4.7), so
+            # clearing \Seen first needs no lookup of the new UIDs.
+            if unseen:
+                session.mark_unseen(uids)
+            try:
+                session.move(uids, dest)
+            except MailboxError as exc:
+                if "TRYCREATE" not in str(exc).upper():
+                    raise
+                # Someone deleted the destination folder since this connection last looked: recreate it.
+                session.forget_folder(dest)
+                session.ensure_folders([dest])
+                session.move(uids, dest)
+            log.info("%s: moved %d message(s) (UID %s) from %r to %r", name, len(uids), uid_set(uids), source, dest)
+        missing = [i for i in members if i not in uid_of]
+        if missing:
+            session.select(dest)
+            for i in missing:
+                request = requests[i]
+                if session.find_uid(None, request.message_id, request.sha256) is not None:
+                    log.info("%s: %s already in %r; nothing to do", name, request.label, dest)
+                else:
+                    results[i] = MessageNotFoundError(f"{name}: {request.label} is in neither {source!r} "
+                                                      f"nor {dest!r}")
+    return results
 
 
 def _as_utc(value: object) -> datetime | None:

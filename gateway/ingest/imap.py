@@ -1,18 +1,26 @@
 """IMAP mode: watch staff mailboxes, store new mail through a port, and act on mailboxes in place.
 
-Each mailbox's connection lives in its own thread (imapclient is synchronous);
-the event loop only awaits. Exactly-once bookkeeping is the port's job: it
-commits each batch of messages together with the (UIDVALIDITY, last UID)
-checkpoint and skips messages it already holds (same Message-ID and content).
+Each mailbox has one connection, its watcher's, living in its own thread (imapclient is synchronous);
+the event loop only awaits. The pipeline's moves for a mailbox run on that same connection between
+IDLEs (DONE, one UID MOVE per destination, IDLE again), and before any further FETCH of a burst or a
+backfill, so judged mail is moved first. Connections open a bounded number at a time (`connect_gate`)
+and reconnect after exponential backoff with full jitter, longer when the server throttles.
+Exactly-once bookkeeping is the port's job: it commits each batch of messages together with the
+(UIDVALIDITY, last UID) checkpoint and skips messages it already holds (same Message-ID and content).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import random
+import threading
+import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -23,12 +31,15 @@ from gateway.act.mailbox import (
     ImapSession,
     MailboxError,
     MessageNotFoundError,
+    MoveRequest,
+    content_sha256,
+    move_batch,
 )
 from gateway.config import MailboxConfig
 from gateway.ingest.oauth import TokenError, TokenProvider, provider_for, xoauth2_string
 
 __all__ = ["FetchedMessage", "ImapStorePort", "MailboxActions", "MailboxError", "MailboxWatcher",
-           "MessageNotFoundError", "backfill", "open_session"]
+           "MessageNotFoundError", "MoveRequest", "backfill", "open_session"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +49,18 @@ T = TypeVar("T")
 # re-offered, so that a recreated folder never turns years of old mail into
 # "new" mail to acknowledge.
 RESYNC_WINDOW = timedelta(days=7)
+# A server that throttles us (BYE at connect, "too many connections", [UNAVAILABLE]) is left alone this
+# many times longer than after an ordinary failure, and at least half of that (no near-zero jitter).
+THROTTLE_FACTOR = 8.0
+# A move waits this long at most for its mailbox's watcher to (re)connect; then it fails temporarily and
+# the outbox retries it, so that one unreachable mailbox never holds the delivery worker's slots.
+MOVE_WAIT_S = 15.0
+# UIDs of recently fetched messages, by content hash, per watcher: a move of one of them needs no SEARCH.
+KNOWN_UIDS = 5000
+# Stack of each connection's thread: the IMAP work needs little, and a thousand mailboxes are a
+# thousand threads (8 MiB each by default, reserved in address space).
+THREAD_STACK = 512 * 1024
+_stack_lock = threading.Lock()
 
 
 class ImapStorePort(Protocol):
@@ -92,6 +115,14 @@ class _Thread:
 
     def __init__(self, name: str) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"imap-{name}")
+        # The executor starts its one thread on the first submit: now, with a small stack
+        # (threading.stack_size is process-wide, so it is set and put back under a lock).
+        with _stack_lock:
+            previous = threading.stack_size(THREAD_STACK)
+            try:
+                self._executor.submit(int).result()
+            finally:
+                threading.stack_size(previous)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
@@ -101,60 +132,169 @@ class _Thread:
 
 
 class MailboxWatcher:
-    """Watch one mailbox's folder until stopped or cancelled; reconnect with capped backoff."""
+    """Watch one mailbox's folder until stopped or cancelled, on one connection; carry out the pipeline's
+    moves on it (`move`); reconnect after exponential backoff with full jitter.
+
+    `connect_gate` bounds how many watchers open connections at once (shared by all of them);
+    `rng` supplies the jitter (tests pass a seeded one).
+    """
 
     def __init__(self, mailbox: MailboxConfig, port: ImapStorePort, *, now: Callable[[], datetime],
                  on_stored: Callable[[], None] | None = None, idle_timeout_s: float = 28 * 60,
                  backoff: tuple[float, float] = (1.0, 300.0),
-                 session_factory: Callable[[], ImapSession] | None = None) -> None:
+                 session_factory: Callable[[], ImapSession] | None = None,
+                 connect_gate: asyncio.Semaphore | None = None, rng: random.Random | None = None) -> None:
         self.mailbox, self._port, self._now, self._on_stored = mailbox, port, now, on_stored
         self._idle_timeout, self._backoff = idle_timeout_s, backoff
+        self._gate, self._rng = connect_gate, rng or random.Random()
         # Built on first use, then kept, so that the token cache outlives reconnects.
         self._factory = session_factory
         self._thread = _Thread(mailbox.name)
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
+        # Set while a session is connected with the watched folder selected (moves can run).
+        self._ready = asyncio.Event()
+        # Set by `move` and `stop`: ends a polling wait early.
+        self._nudge = asyncio.Event()
         self._session: ImapSession | None = None
+        self._moves: list[tuple[MoveRequest, asyncio.Future[None]]] = []
+        self._known: OrderedDict[str, int] = OrderedDict()
+        self._known_validity: int | None = None
         self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: MailboxError | None = None
         self.state = "stopped"
 
     async def run(self) -> None:
         self._done.clear()
         try:
             while not self._stopping.is_set():
+                failure: MailboxError
                 try:
                     await self._watch()
                     delay = 0.0
                 except MailboxError as exc:
-                    delay = self._retry_after(exc.temporary)
+                    failure = exc
+                    delay = self._retry_after(exc)
                     await self._fail(str(exc), delay)
                 except Exception as exc:
                     # Not logged with its text: a store error may quote the message's bytes.
-                    delay = self._retry_after(True)
-                    await self._fail(f"{type(exc).__name__} at {_origin(exc)}", delay)
+                    failure = MailboxError(True, f"{self.mailbox.name}: {type(exc).__name__} at {_origin(exc)}")
+                    delay = self._retry_after(failure)
+                    await self._fail(str(failure), delay)
+                else:
+                    failure = MailboxError(True, f"{self.mailbox.name}: the watcher is stopping")
                 finally:
+                    self._ready.clear()
                     await self._close_session()
+                self._last_error = failure
+                self._retry_at = time.monotonic() + delay
+                self._fail_moves(failure)
                 self.state = "backoff"
                 await self._sleep(delay)
         finally:
             self.state = "stopped"
+            self._fail_moves(MailboxError(True, f"{self.mailbox.name}: the watcher stopped"))
             self._thread.close()
             self._done.set()
 
     async def stop(self) -> None:
         """Ask `run` to finish (an IDLE in progress is cut short) and wait until it has."""
         self._stopping.set()
+        self._nudge.set()
         if self._session is not None:
             self._session.wake()
         if self.state != "stopped":
             await self._done.wait()
 
-    def _retry_after(self, temporary: bool) -> float:
-        # Temporary failures back off exponentially; a wrong password or a
-        # refused token will not fix itself soon, so those wait the longest.
+    async def move(self, request: MoveRequest) -> None:
+        """Move one message on this watcher's connection, batched with the other moves waiting.
+
+        Returns once it is in `to_folder` (also when it already was); raises MessageNotFoundError when it
+        is in neither folder, MailboxError(temporary) when the mailbox is not connected within
+        MOVE_WAIT_S or the connection fails meanwhile.
+        """
+        if self.state == "stopped" or self._stopping.is_set():
+            raise MailboxError(True, f"{self.mailbox.name}: not watched (stopped); the move is retried later")
+        if not self._ready.is_set():
+            wait = self._retry_at - time.monotonic()
+            if self.state == "backoff" and (wait > MOVE_WAIT_S or (self._last_error is not None
+                                                                   and not self._last_error.temporary)):
+                raise MailboxError(True, f"{self.mailbox.name}: not connected (next attempt in {max(wait, 0):.0f}s);"
+                                         f" the move is retried later")
+            try:
+                await asyncio.wait_for(self._ready.wait(), MOVE_WAIT_S + max(wait, 0.0))
+            except TimeoutError:
+                raise MailboxError(True, f"{self.mailbox.name}: not connected; the move is retried later") from None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._moves.append((request, future))
+        self._nudge.set()
+        if self._session is not None:
+            self._session.wake()
+        await future
+
+    def _fail_moves(self, error: MailboxError) -> None:
+        moves, self._moves = self._moves, []
+        for _request, future in moves:
+            if not future.done():
+                future.set_exception(MailboxError(True, f"{error}; the move is retried later"))
+
+    async def _do_moves(self, session: ImapSession, uidvalidity: int) -> None:
+        """Carry out every move waiting, in batches, then select the watched folder again."""
+        while self._moves:
+            batch, self._moves = [(r, f) for r, f in self._moves if not f.done()], []
+            if not batch:
+                continue
+            state, self.state = self.state, "moving"
+            requests = [r for r, _f in batch]
+            hints = {r.sha256: uid for r in requests if r.from_folder == self.mailbox.folder
+                     and self._known_validity == uidvalidity and (uid := self._known.get(r.sha256)) is not None}
+            try:
+                results = await self._thread.call(self._move_sync, session, requests, hints, uidvalidity)
+            except MailboxError as exc:
+                for _r, future in batch:
+                    if not future.done():
+                        future.set_exception(MailboxError(True, f"{exc}; the move is retried later"))
+                raise
+            except BaseException:
+                for _r, future in batch:
+                    if not future.done():
+                        future.set_exception(MailboxError(True, f"{self.mailbox.name}: the move was interrupted"))
+                raise
+            for (request, future), result in zip(batch, results):
+                self._known.pop(request.sha256, None)
+                if future.done():
+                    continue
+                if result is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(result)
+            self.state = state
+
+    def _move_sync(self, session: ImapSession, requests: list[MoveRequest], hints: dict[str, int],
+                   uidvalidity: int) -> list[MailboxError | None]:
+        """Runs on the connection's thread."""
+        box = self.mailbox
+        try:
+            return move_batch(session, requests, hints)
+        finally:
+            if session.selected != box.folder:
+                if session.select(box.folder) != uidvalidity:
+                    raise MailboxError(True, f"{session.where}: UIDVALIDITY of {box.folder!r} changed")
+
+    def _retry_after(self, error: MailboxError) -> float:
+        """Capped exponential backoff with full jitter (a uniform draw below the exponential ceiling), so
+        that a thousand watchers cut off together do not come back together. A throttling server gets
+        THROTTLE_FACTOR times longer, and at least half of it; a wrong password or a refused token will
+        not fix itself soon, so those wait about the cap."""
         self._failures += 1
         first, cap = self._backoff
-        return min(first * 2 ** (self._failures - 1), cap) if temporary else cap
+        if not error.temporary:
+            return self._rng.uniform(cap / 2, cap)
+        if error.throttled:
+            ceiling = min(first * THROTTLE_FACTOR * 2 ** (self._failures - 1), cap)
+            return self._rng.uniform(ceiling / 2, ceiling)
+        return self._rng.uniform(0, min(first * 2 ** (self._failures - 1), cap))
 
     async def _fail(self, detail: str, delay: float) -> None:
         # Session errors already name the mailbox as user@host, usually the same as its name.
@@ -175,6 +315,14 @@ class MailboxWatcher:
         except TimeoutError:
             pass
 
+    async def _poll_wait(self, seconds: float) -> None:
+        """Wait for the next poll, cut short by a move or a stop."""
+        try:
+            await asyncio.wait_for(self._nudge.wait(), seconds)
+        except TimeoutError:
+            pass
+        self._nudge.clear()
+
     async def _close_session(self) -> None:
         session, self._session = self._session, None
         if session is not None:
@@ -182,15 +330,28 @@ class MailboxWatcher:
             session.wake()
             await self._thread.call(session.logout)
 
+    @contextlib.asynccontextmanager
+    async def _opening(self) -> AsyncIterator[None]:
+        if self._gate is None:
+            yield
+            return
+        async with self._gate:
+            yield
+
     async def _watch(self) -> None:
         box = self.mailbox
         self.state = "connecting"
         if self._factory is None:
             self._factory = _default_factory(box)
         self._session = session = self._factory()
-        await self._thread.call(session.connect)
-        await self._thread.call(session.ensure_folders, [box.folder, box.held_folder, box.review_folder])
-        uidvalidity = await self._thread.call(session.select, box.folder)
+        async with self._opening():
+            await self._thread.call(session.connect)
+            await self._thread.call(session.ensure_folders, [box.folder, box.held_folder, box.review_folder])
+            uidvalidity = await self._thread.call(session.select, box.folder)
+        if self._known_validity != uidvalidity:
+            self._known.clear()
+            self._known_validity = uidvalidity
+        self._ready.set()
         self.state = "syncing"
         last_uid = await self._first_sync(session, uidvalidity, await self._port.checkpoint(box.name))
         self._failures = 0
@@ -198,15 +359,18 @@ class MailboxWatcher:
         how = "IDLE" if idle else f"polling every {box.poll_interval.total_seconds():.0f}s"
         await self._report(True, f"connected to {box.host}:{box.port}; watching {box.folder!r} ({how})")
         while not self._stopping.is_set():
+            await self._do_moves(session, uidvalidity)
             if idle:
                 self.state = "idle"
                 await self._thread.call(session.idle_wait, self._idle_timeout)
             else:
                 self.state = "polling"
-                await self._sleep(box.poll_interval.total_seconds())
+                await self._poll_wait(box.poll_interval.total_seconds())
                 await self._thread.call(session.noop)
             if self._stopping.is_set():
                 break
+            # Moves first: judged mail is moved before anything newer is fetched.
+            await self._do_moves(session, uidvalidity)
             # Sync even after an IDLE timeout: it is cheap and covers a missed notification.
             self.state = "syncing"
             last_uid = await self._sync(session, uidvalidity, last_uid, last_uid, box.backfill_since, False)
@@ -242,6 +406,8 @@ class MailboxWatcher:
         target = max(floor, uids[-1] if uids else after)
         for start in range(0, len(uids), FETCH_BATCH):
             chunk = uids[start:start + FETCH_BATCH]
+            # Mail judged meanwhile is moved before the next batch of a burst or a backfill is fetched.
+            await self._do_moves(session, uidvalidity)
             messages = await self._thread.call(session.fetch, chunk)
             last = target if start + FETCH_BATCH >= len(uids) else chunk[-1]
             await self._store(uidvalidity, messages, last)
@@ -252,6 +418,11 @@ class MailboxWatcher:
     async def _store(self, uidvalidity: int, messages: Sequence[FetchedMessage], last_uid: int) -> None:
         box = self.mailbox
         new = await self._port.store_fetched(box.name, box.school, box.folder, uidvalidity, messages, last_uid)
+        if self._known_validity == uidvalidity:
+            for message in messages:
+                self._known[content_sha256(message.raw)] = message.uid
+            while len(self._known) > KNOWN_UIDS:
+                self._known.popitem(last=False)
         if messages:
             log.info("%s: fetched UIDs %d-%d (%d), %d new; checkpoint %d/%d", box.name, messages[0].uid,
                      messages[-1].uid, len(messages), new, uidvalidity, last_uid)
@@ -305,18 +476,20 @@ async def backfill(mailbox: MailboxConfig, port: ImapStorePort, since: date,
 
 
 class MailboxActions:
-    """In-place actions for the pipeline: one cached connection and one thread per mailbox.
+    """In-place actions for the pipeline.
 
-    Moves of one mailbox run one after another on its own connection (imapclient is not
-    thread-safe), so a burst of held mail costs one login, not one per message; a broken
-    connection is replaced once per action before the action counts as failed.
+    A mailbox with a watcher (`attach`) is acted on over the watcher's own connection, between its
+    IDLEs and in batches: the server sees one connection per mailbox. Without one (a command run by
+    hand, a test) an action opens a connection of its own and closes it when done.
     """
 
     def __init__(self, *, session_factory: Callable[[MailboxConfig], ImapSession] | None = None) -> None:
         self._factory = session_factory
         self._providers: dict[str, TokenProvider | None] = {}
-        self._threads: dict[str, _Thread] = {}
-        self._sessions: dict[str, ImapSession] = {}
+        self._watchers: dict[str, MailboxWatcher] = {}
+
+    def attach(self, watcher: MailboxWatcher) -> None:
+        self._watchers[watcher.mailbox.name] = watcher
 
     def _session(self, mailbox: MailboxConfig) -> ImapSession:
         if self._factory is not None:
@@ -328,11 +501,6 @@ class MailboxActions:
                 raise MailboxError(False, str(exc)) from None
         return open_session(mailbox, self._providers[mailbox.name])
 
-    def _thread(self, mailbox: MailboxConfig) -> _Thread:
-        if mailbox.name not in self._threads:
-            self._threads[mailbox.name] = _Thread(f"{mailbox.name}-actions")
-        return self._threads[mailbox.name]
-
     async def move_message(self, mailbox: MailboxConfig, message_id: str | None, sha256: str,
                            from_folder: str, to_folder: str, *, unseen: bool) -> None:
         """Move one message; succeeds without acting when it is already in `to_folder`.
@@ -340,31 +508,19 @@ class MailboxActions:
         Raises MessageNotFoundError when it is in neither folder, and
         MailboxError(temporary=True) when the server cannot be reached.
         """
-        await self._thread(mailbox).call(self._move_cached, mailbox, message_id, sha256, from_folder, to_folder,
-                                          unseen)
-
-    def _move_cached(self, mailbox: MailboxConfig, message_id: str | None, sha256: str, from_folder: str,
-                     to_folder: str, unseen: bool) -> None:
-        """Runs on the mailbox's action thread."""
-        for attempt in (1, 2):
-            session = self._sessions.pop(mailbox.name, None)
-            fresh = session is None
-            if session is None:
-                session = self._session(mailbox)
-                session.connect()
-            try:
-                _move_on(session, message_id, sha256, from_folder, to_folder, unseen)
-            except MessageNotFoundError:
-                self._sessions[mailbox.name] = session
-                raise
-            except MailboxError:
-                session.logout()
-                # A cached connection may have been dropped by the server while idle: one fresh try.
-                if fresh or attempt == 2:
-                    raise
-                continue
-            self._sessions[mailbox.name] = session
+        request = MoveRequest(message_id, sha256, from_folder, to_folder, unseen)
+        watcher = self._watchers.get(mailbox.name)
+        if watcher is not None:
+            await watcher.move(request)
             return
+        await asyncio.to_thread(self._move_alone, mailbox, request)
+
+    def _move_alone(self, mailbox: MailboxConfig, request: MoveRequest) -> None:
+        with self._session(mailbox) as session:
+            session.connect()
+            [result] = move_batch(session, [request])
+        if result is not None:
+            raise result
 
     async def probe(self, mailbox: MailboxConfig) -> str:
         """A report for `parentgate imap test`; raises MailboxError saying what is wrong."""
@@ -372,32 +528,7 @@ class MailboxActions:
         return await asyncio.to_thread(_probe, session)
 
     async def close(self) -> None:
-        for name, thread in list(self._threads.items()):
-            session = self._sessions.pop(name, None)
-            if session is not None:
-                await thread.call(session.logout)
-            thread.close()
-        self._threads.clear()
-
-
-def _move_on(session: ImapSession, message_id: str | None, sha256: str, from_folder: str, to_folder: str,
-             unseen: bool) -> None:
-    name = session.mailbox.name
-    label = message_id or f"sha256:{sha256[:12]}"
-    # A user may have deleted the destination folder; recreate it rather than fail.
-    session.ensure_folders([to_folder])
-    uid = session.find_uid(from_folder, message_id, sha256)
-    if uid is None:
-        if session.find_uid(to_folder, message_id, sha256) is not None:
-            log.info("%s: %s already in %r; nothing to do", name, label, to_folder)
-            return
-        raise MessageNotFoundError(f"{name}: {label} is in neither {from_folder!r} nor {to_folder!r}")
-    # Flags travel with the message on MOVE and COPY (RFC 6851 §3.3, RFC 3501
-    # §6.4.7), so clearing \Seen first needs no lookup of the new UID.
-    if unseen:
-        session.mark_unseen(uid)
-    session.move(uid, to_folder)
-    log.info("%s: moved %s (UID %d) from %r to %r", name, label, uid, from_folder, to_folder)
+        self._watchers.clear()
 
 
 def _probe(session: ImapSession) -> str:

@@ -125,6 +125,17 @@ class Dovecot:
         self.stop()
         self.start()
 
+    def who(self) -> dict[str, int]:
+        """Open IMAP connections per user, as the server counts them (`doveadm who`)."""
+        result = subprocess.run(["doveadm", "-c", str(self.directory / "dovecot.conf"), "who"],
+                                capture_output=True, text=True, timeout=30, check=True)
+        counts = {}
+        for line in result.stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                counts[fields[0]] = int(fields[1])
+        return counts
+
     def _wait_for_greeting(self, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
         while True:
