@@ -146,7 +146,7 @@ def incident_rows(rt: Runtime, items: list[records.Incident]) -> list[list[str]]
 
 def export_incidents(rt: Runtime, out: IO[str], *, school: str | None = None, start: date | None = None,
                      end: date | None = None, category: str | None = None,
-                     schools: frozenset[str] | None = None) -> int:
+                     schools: frozenset[str] | None = None, family: str | None = None) -> int:
     """Write the incidents as CSV (header row, then one row each) to `out`; returns how many.
 
     `schools`: the schools the person may read (the console's scoping); None on the server."""
@@ -154,7 +154,7 @@ def export_incidents(rt: Runtime, out: IO[str], *, school: str | None = None, st
         raise ServiceError(f"no school {school!r} in the configuration")
     if school is not None:
         schools = (schools or frozenset({school})) & {school}
-    items = list_incidents(rt, schools=schools, start=start, end=end, category=category)
+    items = list_incidents(rt, schools=schools, start=start, end=end, category=category, family=family)
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     writer.writerows(incident_rows(rt, items))

@@ -408,3 +408,72 @@ def checkpoint(engine: Engine) -> None:
         cursor.close()
     finally:
         connection.close()
+
+
+# ---- The console's family page. -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FamilyMessage:
+    id: int
+    state: str
+    route: str | None
+    received_at: datetime
+    head: bytes
+
+
+@dataclass(frozen=True)
+class FamilyOverview:
+    school: str
+    key: str
+    known: bool
+    members: tuple[tuple[str, str], ...]
+    children: tuple[tuple[str, str], ...]
+    half_terms: tuple[tuple[str, int], ...]
+    messages: tuple[FamilyMessage, ...]
+    incidents: tuple[Incident, ...]
+    stages: tuple[dict[str, Any], ...]
+    plan: dict[str, Any] | None
+    blocks: tuple[dict[str, Any], ...]
+
+
+def family_overview(session: Session, schools: frozenset[str], key: str, now: datetime,
+                    limit: int = 100) -> FamilyOverview | None:
+    """A family of one of these schools (by family id, or an unknown sender's address), or None."""
+    from gateway.store.console import _first_bytes, _head
+    PlanRow, BlockRow, StageRow, _, _ = _casework()
+    if not schools:
+        return None
+    rows = list(session.scalars(select(FamilyRow).where(FamilyRow.family_id == key, FamilyRow.school.in_(
+        sorted(schools))).order_by(FamilyRow.id)))
+    if rows:
+        school, known = rows[0].school, True
+        rows = [r for r in rows if r.school == school]
+    else:
+        school = session.scalar(select(MessageRow.school).where(
+            MessageRow.family == key, MessageRow.school.in_(sorted(schools))).limit(1))
+        if school is None:
+            return None
+        known = False
+    addresses = [r.email for r in rows] if known else [key]
+    members = tuple(dict.fromkeys((r.email, r.parent_name) for r in rows)) if known else ((key, ""),)
+    counted = session.execute(select(MessageRow.half_term, func.count()).where(
+        MessageRow.school == school, MessageRow.family == key, MessageRow.counted == 1).group_by(
+        MessageRow.half_term).order_by(MessageRow.half_term))
+    ids = family_message_ids(session, school, key, addresses)
+    messages = [FamilyMessage(r.id, r.state, r.route, r.received_at, _head(bytes(r.head))) for r in session.execute(
+        select(MessageRow.id, MessageRow.state, MessageRow.route, MessageRow.received_at, _first_bytes()).where(
+            MessageRow.id.in_(ids[-limit:])).order_by(MessageRow.id.desc()))] if ids else []
+    found = [_incident(r) for r in incidents_of(session, school, key, addresses, ids)]
+    plan = session.scalars(select(PlanRow).where(PlanRow.school == school, PlanRow.family_id == key,
+                                                 PlanRow.ended_at.is_(None)).order_by(PlanRow.id.desc())).first()
+    blocks = session.scalars(select(BlockRow).where(
+        or_((BlockRow.school == school) & (BlockRow.family_id == key), BlockRow.address.in_(addresses)),
+        BlockRow.lifted_at.is_(None), or_(BlockRow.until.is_(None), BlockRow.until > now)).order_by(BlockRow.id))
+    stages = session.scalars(select(StageRow).where(StageRow.school == school, StageRow.family_id == key)
+                             .order_by(StageRow.id.desc()))
+    return FamilyOverview(
+        school=school, key=key, known=known, members=members,
+        children=tuple((c["name"], c["year_group"]) for c in children_of(session, school, key if known else None)),
+        half_terms=tuple((str(h or "").split(" ", 1)[-1], int(n)) for h, n in counted),
+        messages=tuple(messages), incidents=tuple(reversed(found)), stages=tuple(row_dict(s) for s in stages),
+        plan=row_dict(plan) if plan is not None else None, blocks=tuple(row_dict(b) for b in blocks))

@@ -25,6 +25,7 @@ from gateway.store import console as queries
 from gateway.web.base import _DONE, HERE, PAGE_SIZE, _home
 from gateway.web.identity import DSL, HEAD, Viewer
 from gateway.web.render import attachments, headers, parse, render
+from gateway.web.records import RecordPages
 from gateway.web.roles import RolePages
 from gateway.web.security import RateLimit, SecurityHeaders, Session, Sessions
 from gateway.web.signin import SignInPages
@@ -33,7 +34,7 @@ from gateway.workers.runtime import Runtime
 log = logging.getLogger("parentgate.console")
 
 
-class Console(SignInPages, RolePages):
+class Console(SignInPages, RolePages, RecordPages):
     """The console's state: the runtime, templates, sessions and limits; `app` is the ASGI app."""
 
     def __init__(self, rt: Runtime, signing_key: str, mailer: Transport) -> None:
@@ -58,6 +59,9 @@ class Console(SignInPages, RolePages):
             Route("/messages/{id:int}/seen", self.seen, methods=["POST"]),
             Route("/held", self.held), Route("/held/{id:int}/release", self.release_held, methods=["POST"]),
             Route("/safeguarding", self.safeguarding), Route("/activity", self.activity),
+            Route("/families/{key}", self.family), Route("/incidents", self.incidents),
+            Route("/incidents", self.record_incident, methods=["POST"]),
+            Route("/incidents.csv", self.incidents_csv),
             Route("/messages/{id:int}/attachments/{n:int}", self.attachment),
             Route("/ping", self.ping), Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
