@@ -20,7 +20,9 @@ from typing import IO, Any, Iterable
 
 from sqlalchemy.orm import Session
 
-from gateway.decide.incidents import CATEGORIES, category_name, label, summary
+# Re-exported: the console shows categories and summaries the same way, and imports no decide/ module.
+from gateway.decide.incidents import CATEGORIES as CATEGORIES, category_name as category_name, label as label
+from gateway.decide.incidents import summary as summary
 from gateway.services import ServiceError
 from gateway.store import memory, records
 from gateway.store.models import MessageRow

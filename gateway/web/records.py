@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway import records as services
-from gateway.decide.incidents import CATEGORIES, category_name, label, summary
+from gateway.records import CATEGORIES, category_name, label, summary
 from gateway.services import ServiceError
 from gateway.store import records as queries
 from gateway.web.base import _DONE, PageBase
