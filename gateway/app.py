@@ -185,7 +185,9 @@ class Daemon:
                  asyncio.create_task(delivery.run(), name="delivery")]
         leases = asyncio.create_task(triage.keep_leases(), name="triage-leases")
         trimmer = asyncio.create_task(heap.keep_trimmed(), name="heap-trim")
-        jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt))
+        from gateway.casework import send_review_reminders
+        jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt),
+                    reminders=lambda: asyncio.to_thread(send_review_reminders, rt))
         jobs.start()
         imap.start()
         rt.metrics.running = True

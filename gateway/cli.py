@@ -117,6 +117,38 @@ def _parser() -> argparse.ArgumentParser:
     rd = command(revsub, "dismiss", "keep a reviewed message back (not delivered); a note is required", person)
     rd.add_argument("id", type=int, help="the message id")
     rd.add_argument("--note", required=True, help="why it is kept back")
+    pl = command(sub, "plan", "a family's communication plan (policy 003): mail read in a weekly window")
+    plsub = pl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ps = command(plsub, "start", "put a family on a plan: its mail to staff goes to the reader at the window", person)
+    ps.add_argument("family", metavar="FAMILY", help="a family id or any of its addresses")
+    ps.add_argument("--window", required=True, help='the reading window, e.g. "tue 09:00-10:00" (school time)')
+    ps.add_argument("--fortnightly", action="store_true", help="every other week (from the first window)")
+    ps.add_argument("--reader", help="who reads the family's mail (default: the Head of School)")
+    ps.add_argument("--review", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                    help="the review date (default: six months from today)")
+    ps.add_argument("--note", required=True, help="why, for the record")
+    pe = command(plsub, "end", "end a family's plan", person)
+    pe.add_argument("family", metavar="FAMILY", help="a family id or any of its addresses")
+    pe.add_argument("--note", required=True, help="why, for the record")
+    command(sub, "plans", "communication plans: active ones (and those due for review) first")
+    bl = command(sub, "block", "block an address or a whole family: its mail is kept and delivered to nobody",
+                 person)
+    bl.add_argument("target", metavar="ADDRESS|FAMILY", help="an address, or a family id")
+    bl.add_argument("--note", required=True, help="why, for the record")
+    bl.add_argument("--until", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                    help="the block lifts at the start of this day (default: until unblocked)")
+    ub = command(sub, "unblock", "lift the blocks on an address or a family", person)
+    ub.add_argument("target", metavar="ADDRESS|FAMILY", help="an address, or a family id")
+    ub.add_argument("--note", required=True, help="why, for the record")
+    bls = command(sub, "blocks", "blocks, newest first, with the messages each has kept")
+    bls.add_argument("--all", action="store_true", help="lifted and expired blocks too")
+    es = command(sub, "escalate", "move a family up the escalation ladder and print the letter's draft", person)
+    es.add_argument("family", metavar="FAMILY", help="a family id or any of its addresses")
+    es.add_argument("--stage", required=True, choices=["meeting", "warning", "legal-advice", "ban"])
+    es.add_argument("--until", type=date.fromisoformat, metavar="YYYY-MM-DD", help="a ban's end date (required)")
+    es.add_argument("--note", required=True, help="why, for the record (also in the letter)")
+    es.add_argument("--edit", action="store_true", help="edit the letter in $EDITOR before it is kept (and sent)")
+    es.add_argument("--send", action="store_true", help="email the letter to the family from the Head's address")
     imap = command(sub, "imap", "IMAP mailboxes (hosted mail)")
     imapsub = imap.add_subparsers(dest="action", required=True, metavar="ACTION")
     it = command(imapsub, "test", "connect to one mailbox and report what the server offers")
@@ -415,6 +447,101 @@ def _incidents(config: Config, rules: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(config: Config, rules: Any, args: argparse.Namespace) -> int:
+    from gateway.casework import end_plan, start_plan
+    rt = _runtime(config, rules)
+    if args.action == "start":
+        v = start_plan(rt, args.family, window=args.window, note=args.note, actor=_actor(args),
+                       fortnightly=args.fortnightly, reader=args.reader, review=args.review)
+        print(f"plan {v.id}: family {escape(v.family_id)} ({v.school}), {v.window}, read by {escape(v.reader)}; "
+              f"next window {_fmt(v.next_window, config)}; review on {v.review_on.isoformat()}")
+        return 0
+    v = end_plan(rt, args.family, note=args.note, actor=_actor(args))
+    print(f"plan {v.id}: family {escape(v.family_id)} ended")
+    return 0
+
+
+def _plans(config: Config, rules: Any, args: argparse.Namespace) -> int:
+    from gateway.casework import list_plans
+    rows = list_plans(_runtime(config, rules))
+    if not rows:
+        print("no communication plans")
+    for v in rows:
+        status = ("ended " + _fmt(v.ended_at, config) if v.ended_at else
+                  "DUE FOR REVIEW" if v.due_for_review else "active")
+        print(f"{v.id:>6}  {v.school:<12} {escape(v.family_id):<16} {status:<16} {v.window}  "
+              f"reader {escape(v.reader)}  review {v.review_on.isoformat()}  note: {escape(v.note)}")
+    return 0
+
+
+def _block(config: Config, rules: Any, args: argparse.Namespace) -> int:
+    from gateway.casework import block, unblock
+    rt = _runtime(config, rules)
+    if args.command == "block":
+        v = block(rt, args.target, note=args.note, actor=_actor(args), until=args.until)
+        print(f"block {v.id}: {escape(v.address or 'family ' + (v.family_id or ''))} blocked"
+              + (f" until {_fmt(v.until, config)}" if v.until else ""))
+        return 0
+    for v in unblock(rt, args.target, note=args.note, actor=_actor(args)):
+        print(f"block {v.id}: lifted")
+    return 0
+
+
+def _blocks(config: Config, rules: Any, args: argparse.Namespace) -> int:
+    from gateway.casework import list_blocks
+    rows = list_blocks(_runtime(config, rules), active_only=not args.all)
+    if not rows:
+        print("no blocks in force")
+    for v in rows:
+        who = v.address or f"family {v.family_id}"
+        status = "active" if v.active else ("lifted " + _fmt(v.lifted_at, config) if v.lifted_at else "expired")
+        print(f"{v.id:>6}  {v.school:<12} {escape(who):<32} {status:<10} "
+              f"until {_fmt(v.until, config) if v.until else '-':<26} kept {v.blocked_messages}  note: {escape(v.note)}")
+    return 0
+
+
+def _escalate(config: Config, rules: Any, args: argparse.Namespace) -> int:
+    from gateway.casework import escalate
+    rt = _runtime(config, rules)
+    text = None
+    if args.edit:
+        text = _edit_draft(rt, args)
+    done = escalate(rt, args.family, stage=args.stage, note=args.note, actor=_actor(args), until=args.until,
+                    send=args.send, text=text)
+    print(f"stage: {done.stage.value}" + (f" until {done.until.isoformat()}" if done.until else ""))
+    if done.block is not None:
+        print(f"block {done.block.id}: the family is blocked until {_fmt(done.block.until, config)}")
+    if done.draft is None:
+        print("(no letter for this stage)")
+        return 0
+    print(f"letter {done.letter_id}:" + (f" sent to {', '.join(done.sent_to)}" if done.sent_to else " draft, not sent"))
+    print()
+    print(done.draft, end="")
+    return 0
+
+
+def _edit_draft(rt: Any, args: argparse.Namespace) -> str:
+    """The draft as it would be, edited in $EDITOR (nothing is recorded until the editor is closed)."""
+    import shlex
+    import subprocess
+    import tempfile
+
+    from gateway.casework import preview_letter
+    draft = preview_letter(rt, args.family, stage=args.stage, note=args.note, until=args.until)
+    if draft is None:
+        raise UsageError(f"the stage {args.stage} has no letter to edit")
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.NamedTemporaryFile("w+", suffix=".txt", encoding="utf-8", delete=False) as f:
+        f.write(draft)
+        path = f.name
+    try:
+        if subprocess.call([*shlex.split(editor), path]) != 0:
+            raise UsageError("the editor failed; nothing was recorded")
+        return Path(path).read_text(encoding="utf-8")
+    finally:
+        os.unlink(path)
+
+
 def _imap(config: Config, rules: Any, args: argparse.Namespace) -> int:
     from gateway.imapcli import imap_command
     return imap_command(config, rules, args)
@@ -424,4 +551,5 @@ _COMMANDS: dict[str, Callable[[Config, Any, argparse.Namespace], int]] = {
     "run": _run, "console": _console, "held": _held, "release": _release, "queue": _queue, "requeue": _requeue, "show": _show,
     "db": _db, "triage": _triage, "families": _families, "review": _review, "imap": _imap,
     "incidents": _incidents,
+    "plan": _plan, "plans": _plans, "block": _block, "unblock": _block, "blocks": _blocks, "escalate": _escalate,
 }

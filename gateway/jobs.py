@@ -30,10 +30,11 @@ def next_openings(rt: Runtime, now: datetime) -> datetime | None:
 
 class Jobs:
     def __init__(self, rt: Runtime, *, release: Callable[[], Awaitable[int]],
-                 purge: Callable[[], Awaitable[int]]) -> None:
+                 purge: Callable[[], Awaitable[int]], reminders: Callable[[], Awaitable[int]] | None = None) -> None:
         self.rt = rt
         self._release = release
         self._purge = purge
+        self._reminders = reminders
         self.scheduler = AsyncIOScheduler(timezone="UTC")
 
     def start(self) -> None:
@@ -42,6 +43,10 @@ class Jobs:
         s.add_job(self._sweep, IntervalTrigger(seconds=SWEEP_EVERY.total_seconds()), id="release-sweep",
                   next_run_time=datetime.now(tz=self.rt.clock.now().tzinfo), max_instances=1, coalesce=True)
         s.add_job(self._purge_job, IntervalTrigger(hours=6), id="retention", max_instances=1, coalesce=True)
+        if self._reminders is not None:
+            # Communication plans' review reminders (each sent once); also at start-up.
+            s.add_job(self._reminder_job, IntervalTrigger(minutes=30), id="plan-reminders", max_instances=1,
+                      coalesce=True, next_run_time=datetime.now(tz=self.rt.clock.now().tzinfo))
         s.start()
         self.arm_opening()
 
@@ -76,6 +81,17 @@ class Jobs:
             return
         if n:
             log.info("retention: deleted %d expired message(s) and incident(s)", n)
+
+    async def _reminder_job(self) -> None:
+        assert self._reminders is not None
+        try:
+            n = await self._reminders()
+        except Exception:  # noqa: BLE001 - the next run tries again
+            log.exception("plan review reminders failed")
+            return
+        if n:
+            log.info("queued %d plan review reminder(s)", n)
+            self.rt.wake_delivery()
 
     def shutdown(self) -> None:
         self.scheduler.shutdown(wait=False)

@@ -102,6 +102,7 @@ def render_acknowledgement(
     break_name: str | None,
     office_phone: str,
     now: datetime,
+    extra: Mapping[str, object] | None = None,
 ) -> str:
     """The plain-text body of an acknowledgement, rendered from a school-editable template.
 
@@ -121,6 +122,8 @@ def render_acknowledgement(
         "break_name": _optional(break_name),
         "office_phone": one_line(office_phone, NAME_LIMIT),
     }
+    # A plan's acknowledgement names its reading window; a block notice names the channel instead.
+    values.update({k: one_line(v, NAME_LIMIT) if isinstance(v, str) else v for k, v in (extra or {}).items()})
     return _render(templates_dir, template, now, values)
 
 
@@ -186,8 +189,14 @@ def compose_review_summary(
     templates_dir: Path,
     console_url: str | None = None,
     reply_to: str | None = None,
+    template: str = "review_summary.txt.j2",
+    subject_prefix: str = "For review: ",
+    kind: str = "review-summary",
+    extra: Mapping[str, object] | None = None,
 ) -> bytes:
     """A multipart/mixed note to the Head of School: why the message is held, with the original attached.
+
+    The same note, from another `template`, takes a communication plan's mail to its reader.
 
     The original is attached as message/rfc822 from its raw bytes, not re-serialised,
     so it arrives as received apart from line endings, which SMTP requires to be CRLF.
@@ -213,19 +222,20 @@ def compose_review_summary(
         "dismiss_command": f'parentgate review dismiss {ref} --note "..."',
         "console_url": console_url,
     }
-    summary = _render(templates_dir, "review_summary.txt.j2", now, values)
+    values.update({k: one_line(v, NAME_LIMIT) if isinstance(v, str) else v for k, v in (extra or {}).items()})
+    summary = _render(templates_dir, template, now, values)
 
     outer = _headed_message(
         from_addr=from_addr,
         from_name=f"{one_line(school_name, NAME_LIMIT)} (parentgate)",
         to_addr=to_addr,
-        subject="For review: " + (subject or "(no subject)"),
+        subject=subject_prefix + (subject or "(no subject)"),
         now=now,
         message_id=message_id,
     )
     outer["Auto-Submitted"] = "auto-generated"
     outer["X-Auto-Response-Suppress"] = "All"
-    outer["X-Parentgate"] = "review-summary"
+    outer["X-Parentgate"] = kind
     if reply_to:
         # Replies to the summary go to the Head's own address, not to the postmaster it comes from.
         outer["Reply-To"] = reply_to

@@ -72,6 +72,10 @@ class AckKind(str, Enum):
 
     STANDARD = "standard"
     URGENT = "urgent"
+    # The family is on a communication plan: the reply names the reading window.
+    PLAN = "plan"
+    # The sender is blocked: a plain notice naming the channel to use instead, at most once per 7 days.
+    BLOCKED = "blocked"
 
 
 def suppression(facts: Facts, envelope_sender: str, own_domains: frozenset[str]) -> str | None:
@@ -153,6 +157,10 @@ def template_for(kind: AckKind, closure: str) -> str:
         raise ValueError(f"unknown closure {closure!r}")
     if kind is AckKind.URGENT:
         return "ack_urgent.txt.j2"
+    if kind is AckKind.PLAN:
+        return "ack_plan.txt.j2"
+    if kind is AckKind.BLOCKED:
+        return "blocked_notice.txt.j2"
     return _STANDARD_TEMPLATES[closure]
 
 

@@ -55,7 +55,8 @@ def plan(route: Route, *, calendar: SchoolCalendar, now: datetime, staff: tuple[
         # "Telephone the school for anything urgent": the office gets it at once, never held.
         return Plan(route, State.QUEUED, None, (Delivery("copy", (office,)),), False, closure)
     if route is Route.BLOCKED:
-        return Plan(route, State.IN_REVIEW, None, (), True, closure)
+        # Kept, delivered to nobody (decide.casework: a blocked sender's disclosure still reaches the DSL).
+        return Plan(route, State.BLOCKED, None, (), False, closure, "blocked sender")
     release_at, note = release_time(calendar, now)
     immediate: list[Delivery] = []
     if route is Route.DSL:

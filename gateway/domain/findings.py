@@ -46,6 +46,10 @@ class Flag(str, Enum):
     # Written in a language triage cannot judge: never silently routine; the office gets a copy to
     # arrange interpretation (policy 001).
     NEEDS_INTERPRETER = "needs-interpreter"
+    # The family is on a communication plan (policy 003): held for the reading window, then to the reader.
+    COMMUNICATION_PLAN = "communication-plan"
+    # The sender is blocked (policy 003): kept, delivered to nobody (the DSL still gets a disclosure).
+    BLOCKED_SENDER = "blocked-sender"
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,13 @@ def outbox_row(message: MessageRow, kind: str, *, mail_from: str, rcpts: list[st
                      attempts=0, ack_sender=ack_sender, ack_kind=ack_kind)
 
 
+def standalone_row(kind: str, *, mail_from: str, rcpts: list[str], now: datetime, payload: bytes) -> OutboxRow:
+    """An outbox row of its own, for mail the gateway writes for a family rather than for a message
+    (a letter, a plan's review reminder): its payload is the whole message."""
+    return OutboxRow(message=None, kind=kind, mail_from=mail_from, rcpts=rcpts, payload=payload,
+                     state=OutboxState.PENDING.value, not_before=now, created_at=now, attempts=0)
+
+
 def imap_move(message: MessageRow, config: Config, to_key: str, now: datetime, *, unseen: bool = False) -> OutboxRow:
     mailbox = next(m for m in config.mailboxes if m.name == message.mailbox)
     folder = {"held": mailbox.held_folder, "review": mailbox.review_folder, "home": mailbox.folder}[to_key]

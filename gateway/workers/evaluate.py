@@ -7,21 +7,23 @@ so the two can never disagree. Reads the store; never writes to it unless asked 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from gateway.config import Config, SchoolConfig
 from gateway.decide.acknowledge import AckKind, ack_kind, suppression
+from gateway.decide.casework import PLAN_ROUTES, blocked_plan, window_plan
 from gateway.decide.passthrough import passthrough_plan, passthrough_reason
 from gateway.decide.plan import Plan, plan
 from gateway.decide.route import route_for
+from gateway.domain.casework import NO_CASEWORK, Casework
 from gateway.domain.facts import Facts
-from gateway.domain.findings import ContentFindings, Findings, Route, Tone
+from gateway.domain.findings import ContentFindings, Findings, Flag, Reason, Route, Tone
 from gateway.domain.senders import SenderClass, classify_sender
 from gateway.domain.states import State
-from gateway.store import memory
+from gateway.store import casework as casework_store, memory
 from gateway.store.models import MessageRow
 from gateway.triage import Context, combine
 from gateway.triage.facts import parse_message
@@ -32,6 +34,8 @@ from gateway.triage.rules import RuleSet
 # Suppression reasons that mean "a machine sent this": such mail is never counted against a family.
 AUTOMATED = frozenset({"null-sender", "auto-submitted", "list-mail", "bulk-precedence", "system-sender",
                        "own-message", "delivery-report"})
+# A blocked sender hears at most once a week which channel to use instead (policy 003).
+BLOCK_NOTICE_PERIOD = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Batch:
     threads: dict[tuple[str, str, str], int | None] = field(default_factory=dict)
     acked_before: dict[tuple[str, str], bool] = field(default_factory=dict)
     acks_today: dict[str, int] = field(default_factory=dict)
+    casework: dict[tuple[str, str, str], Casework] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rows: dict[int, Standing]) -> Batch:
@@ -120,6 +125,7 @@ class Batch:
         self.stored_family_counts.clear()
         self.stored_thread_counts.clear()
         self.families.clear()
+        self.casework.clear()
 
     def thread_for(self, session: Session, *, school: str, family: str, subject: str, ref_ids: list[str],
                    now: datetime, create: bool) -> int | None:
@@ -151,6 +157,14 @@ class Batch:
             self.acks_today[sender] = memory.acknowledgements_today(session, sender, now)
         return self.acks_today[sender]
 
+    def casework_for(self, session: Session, school: str, family: memory.Family, address: str,
+                     now: datetime) -> Casework:
+        """The plan and block that apply to the sender (read once per sender per batch)."""
+        key = (school, family.key, memory.normalise_address(address))
+        if key not in self.casework:
+            self.casework[key] = casework_store.casework_for(session, school, family.key, family.known, address, now)
+        return self.casework[key]
+
     def family_for(self, session: Session, school: str, address: str) -> memory.Family:
         key = (school, memory.normalise_address(address))
         if key not in self.families:
@@ -173,6 +187,9 @@ class Evaluation:
     thread_id: int | None
     counted: bool
     sender_class: SenderClass = SenderClass.UNKNOWN
+    casework: Casework = NO_CASEWORK
+    # The communication plan's reading window this message waits for (start, end), if any.
+    window: tuple[datetime, datetime] | None = None
 
 
 def half_term_key(school: SchoolConfig, at: datetime) -> tuple[str, str]:
@@ -233,10 +250,33 @@ def evaluate(session: Session, *, config: Config, rules: RuleSet, school: School
         the_plan = plan(route, calendar=school.calendar, now=now, staff=rcpts, office=school.office,
                         dsl=school.dsl)
     kind = ack_kind(route)
+    casework = batch.casework_for(session, school.id, family, address, now)
+    window = None
+    if casework.block is not None:
+        findings = _with_reason(findings, "blocked-sender", Flag.BLOCKED_SENDER, f"block {casework.block.id}")
+        the_plan = blocked_plan(route, closure=the_plan.closure, dsl=school.dsl)
+        route, kind = the_plan.route, AckKind.BLOCKED
+    elif casework.plan is not None and route in PLAN_ROUTES:
+        try:
+            the_plan, window = window_plan(route, window=casework.plan.window, calendar=school.calendar, now=now,
+                                           dsl=school.dsl)
+        except ValueError:
+            # No open day for a year: the plan cannot apply; the message goes as it would without one.
+            pass
+        else:
+            findings = _with_reason(findings, "communication-plan", Flag.COMMUNICATION_PLAN,
+                                    f"plan {casework.plan.id}: {casework.plan.window.describe()}, "
+                                    f"read by {casework.plan.reader}")
+            kind = AckKind.PLAN
     block = _ack_block(session, config, school, kind, blocked, sender, now, batch)
     return Evaluation(school=school, facts=facts, findings=findings, route=route, plan=the_plan,
                       ack=kind if block is None else None, ack_block=block, sender=sender, family=family,
-                      half_term_key=key, thread_id=thread_id, counted=counted, sender_class=sender_class)
+                      half_term_key=key, thread_id=thread_id, counted=counted, sender_class=sender_class,
+                      casework=casework, window=window)
+
+
+def _with_reason(findings: Findings, rule: str, flag: Flag, evidence: str) -> Findings:
+    return replace(findings, reasons=findings.reasons + (Reason(rule, flag, evidence),))
 
 
 def _ack_block(session: Session, config: Config, school: SchoolConfig, kind: AckKind | None,
@@ -248,7 +288,8 @@ def _ack_block(session: Session, config: Config, school: SchoolConfig, kind: Ack
         return "disabled"
     if blocked is not None:
         return blocked
-    if batch.acknowledged_recently(session, sender, kind.value, now - config.acknowledge.period):
+    period = BLOCK_NOTICE_PERIOD if kind is AckKind.BLOCKED else config.acknowledge.period
+    if batch.acknowledged_recently(session, sender, kind.value, now - period):
         return "already-acknowledged"
     if batch.acknowledgements_today(session, sender, now) >= config.acknowledge.max_per_sender_per_day:
         return "sender-throttled"

@@ -13,9 +13,11 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, defer
 
+from gateway.domain.findings import Flag
 from gateway.domain.states import State
 from gateway.store.models import MessageRow
 from gateway.store.queue import transition
+from gateway.workers.casework import reader_row
 from gateway.workers.dispatch import complete_if_done, staff_rows
 from gateway.workers.runtime import Runtime
 
@@ -24,8 +26,12 @@ CHUNK = 500
 
 def release(session: Session, rt: Runtime, row: MessageRow, now: datetime, reason: str,
             actor: str | None = None) -> None:
+    on_plan = Flag.COMMUNICATION_PLAN.value in (row.flags or ())
+    if on_plan:
+        reason = f"{reason}; reading window: to the plan's reader, not the addressee"
     transition(session, row, State.QUEUED, actor=actor or rt.owner, now=now, reason=reason, release_at=None)
-    rows = staff_rows(row, rt.config, now)
+    # A family on a communication plan: its mail goes to the plan's reader, with why, at the window.
+    rows = [reader_row(session, rt, row, now)] if on_plan else staff_rows(row, rt.config, now)
     session.add_all(rows)
     # With delivery rows just added (pending) the message cannot be complete yet; only one with none
     # to send (IMAP mail already home) can, and only then is the query needed.
@@ -39,8 +45,9 @@ def release_due(session: Session, rt: Runtime, *, limit: int = CHUNK) -> int:
     Released in the transaction that selects them, so no lease is needed: on PostgreSQL rows locked by
     another gateway's release are skipped (it releases them), and rows leased for other work are left."""
     now = rt.clock.now()
-    # A release writes states and outbox rows: the bytes and findings stay in the database.
-    query = (select(MessageRow).options(defer(MessageRow.raw), defer(MessageRow.reasons), defer(MessageRow.flags))
+    # A release writes states and outbox rows: the bytes and reasons stay in the database (the flags
+    # say whether the message waits for a communication plan's reader).
+    query = (select(MessageRow).options(defer(MessageRow.raw), defer(MessageRow.reasons))
              .where(MessageRow.state == State.HELD.value, MessageRow.release_at <= now,
                     or_(MessageRow.lease_until.is_(None), MessageRow.lease_until < now))
              .order_by(MessageRow.id).limit(limit))

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
@@ -311,7 +311,7 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
     _record_incident(session, row, ev, now)
     written = enqueue(session, row, plan.deliveries, config, now)
     added = len(written)
-    if row.source == "imap" and plan.state in (State.HELD, State.IN_REVIEW):
+    if row.source == "imap" and plan.state in (State.HELD, State.IN_REVIEW, State.BLOCKED):
         move = imap_move(row, config, "held" if plan.state is State.HELD else "review", now)
         session.add(move)
         written.append(move)
@@ -369,7 +369,7 @@ def _acknowledgement(rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime
         rt.templates_dir, template_for(ev.ack, closure), school_name=school.name,
         parent_name=ev.facts.from_name or None, family_known=ev.family.known, reply_by=reply_by, reopen_date=reopen,
         break_name=break_name,
-        office_phone=school.office_phone, now=now.astimezone(tz))
+        office_phone=school.office_phone, now=now.astimezone(tz), extra=casework_values(ev, tz))
     reply_to = reply_address(row.mail_from)
     if reply_to is None:
         raise ValueError("the envelope sender cannot be replied to")
@@ -379,6 +379,17 @@ def _acknowledgement(rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime
     # RFC 3834 §3.3: the response goes out with a null reverse-path, so nothing ever answers it back.
     return outbox_row(row, "ack", mail_from="", rcpts=[reply_to], now=now, payload=data,
                       ack_sender=ev.sender, ack_kind=ev.ack.value)
+
+
+def casework_values(ev: Evaluation, tz: tzinfo) -> dict[str, object]:
+    """What a plan's acknowledgement and a block notice name: the reading window, the channel to use."""
+    plan = ev.casework.plan
+    values: dict[str, object] = {"plan_reader": plan.reader if plan is not None else None}
+    if ev.window is not None:
+        start, end = (t.astimezone(tz) for t in ev.window)
+        values.update(window_day=f"{start:%A} {start.day} {start:%B}", window_start=f"{start:%H:%M}",
+                      window_end=f"{end:%H:%M}", window_every=plan.window.describe() if plan else "")
+    return values
 
 
 def _review_summary(rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> OutboxRow:
