@@ -214,7 +214,8 @@ def send_review_reminders(rt: Runtime) -> int:
                 data = compose_reminder(from_addr=rt.config.gateway.postmaster, to_addr=to, school_name=school.name,
                                         subject=subject, body=body, now=now,
                                         message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex))
-                session.add(standalone_row("reminder", rt.config.gateway.postmaster, [to], now, data))
+                session.add(standalone_row("reminder", mail_from=rt.config.gateway.postmaster, rcpts=[to],
+                                           now=now, payload=data))
                 queued += 1
             row.reminded = ",".join(sorted(done | {which}))
         return queued
@@ -457,7 +458,7 @@ def _send(session: Session, rt: Runtime, letter: LetterRow, actor: str) -> tuple
         mid = make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex)
         data = compose_letter(from_addr=school.head_of_school, from_name=f"Head of School, {school.name}",
                               to_addr=to, subject=subject, body=letter.draft, now=now, message_id=mid)
-        row = standalone_row("letter", school.head_of_school, [to], now, data)
+        row = standalone_row("letter", mail_from=school.head_of_school, rcpts=[to], now=now, payload=data)
         session.add(row)
         session.flush()
         refs.append(mid)
