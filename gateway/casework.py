@@ -10,19 +10,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import Callable
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.act.letters import compose_letter, compose_reminder, render_letter
 from gateway.config import SchoolConfig
 from gateway.decide.acknowledge import make_message_id
+from gateway.decide.incidents import NEGATIVE, SAFEGUARDING
 from gateway.domain.casework import (LETTERS, STAGE_LABELS, Stage, Window, monday_of, next_window,
                                      parse_window)
 from gateway.domain.findings import Route
 from gateway.services import ServiceError
-from gateway.store import casework as store
+from gateway.store import casework as store, records
 from gateway.store.memory import normalise_address
 from gateway.store.models import BlockRow, FamilyRow, LetterRow, MessageRow, PlanRow, StageRow
 from gateway.workers.dispatch import standalone_row
@@ -333,20 +332,16 @@ class Escalation:
     sent_to: tuple[str, ...] = ()
 
 
-# Where polb's incident records plug in: set by gateway.records when it is loaded. The call gets the
-# session, the school, the family id, the stage, the note and the actor.
-IncidentHook = Callable[[Session, str, str, Stage, str, str, datetime], None]
-incident_hooks: list[IncidentHook] = []
-
-
 def _record_incident(session: Session, school: str, family_id: str, stage: Stage, note: str, actor: str,
-                     now: datetime) -> None:
-    try:
-        from gateway import records  # noqa: F401 - polb's module registers its hook on import
-    except ImportError:
-        pass
-    for hook in incident_hooks:
-        hook(session, school, family_id, stage, note, actor, now)
+                     now: datetime, until: date | None) -> None:
+    """Policy 000: each step of the ladder is an incident, filed under the family's latest concern
+    other than safeguarding (negative when there is none)."""
+    latest = [i for i in records.incidents(session, schools=frozenset({school}), family=family_id, limit=20)
+              if i.category != SAFEGUARDING]
+    category = latest[0].category if latest else NEGATIVE
+    action = f"escalated to {STAGE_LABELS[stage]}" + (f" until {until.isoformat()}" if until else "")
+    records.record_incident(session, school=school, category=category, action=action, actor=actor, now=now,
+                            source="stage", family=family_id, note=note)
 
 
 def _incident_lines(session: Session, family: FamilyRef, now: datetime, tz: object) -> list[str]:
@@ -423,7 +418,7 @@ def escalate(rt: Runtime, key: str, *, stage: str, note: str, actor: str, until:
                              note=note, actor=actor, at=now)
         session.add(stage_row)
         session.flush()
-        _record_incident(session, family.school, family.family_id, step, note, actor, now)
+        _record_incident(session, family.school, family.family_id, step, note, actor, now, until)
         banned = None
         if step is Stage.BAN:
             banned = _block(session, rt, family.family_id, note=f"ban: {note}", actor=actor, until=until,

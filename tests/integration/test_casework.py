@@ -14,6 +14,7 @@ from gateway.casework import (block, end_plan, escalate, list_blocks, list_plans
                               send_review_reminders, start_plan, unblock)
 from gateway.clock import FixedClock
 from gateway.services import ServiceError, list_messages
+from gateway.store import records
 from tests.conftest import utc
 from tests.support import (DOMAIN, DSL, HEAD, OFFICE, STAFF, InProcessGateway, Sink, message, school_calendar,
                            wire, write_config)
@@ -252,6 +253,8 @@ async def test_ban_until_blocks_the_family_until_that_date(school, sink):
     done = escalate(school.rt, "F-GRANT", stage="ban", until=date(2027, 1, 8), note="Threats at the gate",
                     actor="head")
     assert done.block is not None and done.draft is not None and "Friday 8 January 2027" in done.draft
+    [incident] = school.rt.db.transact(lambda s: records.incidents(s, family="F-GRANT"))
+    assert incident.action == "escalated to banned until 2027-01-08" and incident.actor == "head"
     await send(school, f"Lee Grant <{LEE}>", "During the ban. marker-ban\n")
     assert not carrying(sink, STAFF, b"marker-ban")
     school.clock.set(utc(2027, 1, 8, 9, 0))
