@@ -10,11 +10,12 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+
 import pytest
 
 from gateway.records import CSV_COLUMNS
-from tests.integration.test_console_browser import (ARGS, CHROMIUM, HOSTILE, OTHER_HEAD, Setup, raw, sign_in,
-                                                    sync_api)
+# `browser` is that module's fixture, here over this module's `setup`.
+from tests.integration.test_console_browser import CHROMIUM, HOSTILE, OTHER_HEAD, Setup, browser, raw, sign_in  # noqa: F401
 from tests.support import STAFF
 
 pytestmark = [pytest.mark.timeout(240),
@@ -43,14 +44,6 @@ def hostile(setup: Setup) -> int:
     in each test process (the tests may be shared between processes)."""
     return setup.submit(raw("rec-1", f"Darren Cole <{COLE}>", STAFF, "Tyler's detention",
                             HOSTILE.format(child="Tyler")), sender=COLE)
-
-
-@pytest.fixture(scope="module")
-def browser(setup: Setup) -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def test_incidents_page_lists_records_by_hand_and_downloads_the_csv(setup: Setup, browser: Any, hostile: int) -> None:
