@@ -32,6 +32,7 @@ from gateway.ops.server import OpsServer
 from gateway.store.queue import clear_leases
 from gateway.triage.rules import RuleSet, default_rules_dir, load_rules
 from gateway.workers.delivery import DeliveryWorker
+from gateway.workers.digest import DigestWorker
 from gateway.workers.judging import JudgePool
 from gateway.workers.release import release_all_due
 from gateway.workers.runtime import Runtime, Wakeup, make_owner
@@ -186,8 +187,9 @@ class Daemon:
         leases = asyncio.create_task(triage.keep_leases(), name="triage-leases")
         trimmer = asyncio.create_task(heap.keep_trimmed(), name="heap-trim")
         from gateway.casework import send_review_reminders
+        digests = DigestWorker(rt)
         jobs = Jobs(rt, release=lambda: self._release(), purge=lambda: asyncio.to_thread(purge_expired, rt),
-                    reminders=lambda: asyncio.to_thread(send_review_reminders, rt))
+                    reminders=lambda: asyncio.to_thread(send_review_reminders, rt), digest=digests.run_once)
         jobs.start()
         imap.start()
         rt.metrics.running = True

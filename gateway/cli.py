@@ -331,6 +331,7 @@ def _show(config: Config, rules: Any, args: argparse.Namespace) -> int:
           f"family {escape(r.family or '-')}")
     print(f"  from {escape(r.mail_from or '<>')} to {escape(', '.join(r.rcpts))}, received {_fmt(r.received_at, config)}"
           + (f", release {_fmt(r.release_at, config)}" if r.release_at else ""))
+    print(f"  flags {', '.join(r.flags) or '-'}")
     for rule, evidence in r.reasons:
         print(f"  reason {rule}: {escape(evidence)}")
     for line in _outbox_lines(outbox_of(rt, [r.id]).get(r.id, []), config):

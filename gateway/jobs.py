@@ -1,5 +1,5 @@
-"""APScheduler wiring: release held mail at each school's opening, sweep for anything overdue,
-enforce retention. Thin wrappers: the work itself lives in workers and services."""
+"""APScheduler wiring: release held mail at each school's opening, sweep for anything overdue, write
+the DSL's digests when due, enforce retention. Thin wrappers: the work itself lives in workers and services."""
 
 from __future__ import annotations
 
@@ -30,11 +30,13 @@ def next_openings(rt: Runtime, now: datetime) -> datetime | None:
 
 class Jobs:
     def __init__(self, rt: Runtime, *, release: Callable[[], Awaitable[int]],
-                 purge: Callable[[], Awaitable[int]], reminders: Callable[[], Awaitable[int]] | None = None) -> None:
+                 purge: Callable[[], Awaitable[int]], reminders: Callable[[], Awaitable[int]] | None = None,
+                 digest: Callable[[], Awaitable[int]] | None = None) -> None:
         self.rt = rt
         self._release = release
         self._purge = purge
         self._reminders = reminders
+        self._digest = digest
         self.scheduler = AsyncIOScheduler(timezone="UTC")
 
     def start(self) -> None:
@@ -47,6 +49,11 @@ class Jobs:
             # Communication plans' review reminders (each sent once); also at start-up.
             s.add_job(self._reminder_job, IntervalTrigger(minutes=30), id="plan-reminders", max_instances=1,
                       coalesce=True, next_run_time=datetime.now(tz=self.rt.clock.now().tzinfo))
+        # The DSL's digest is due at 08:00 and 13:00 on school days and at once on other days; the
+        # sweep writes each within SWEEP_EVERY of being due (gateway.decide.digest says when).
+        if self._digest is not None:
+            s.add_job(self._digest_job, IntervalTrigger(seconds=SWEEP_EVERY.total_seconds()), id="dsl-digest",
+                      next_run_time=datetime.now(tz=self.rt.clock.now().tzinfo), max_instances=1, coalesce=True)
         s.start()
         self.arm_opening()
 
@@ -72,6 +79,17 @@ class Jobs:
             return
         if n:
             log.info("released %d held message(s)", n)
+
+    async def _digest_job(self) -> None:
+        if self._digest is None:
+            return
+        try:
+            n = await self._digest()
+        except Exception:  # noqa: BLE001 - a failed digest sweep is retried by the next one
+            log.exception("DSL digest sweep failed")
+            return
+        if n:
+            log.info("wrote %d DSL digest(s)", n)
 
     async def _purge_job(self) -> None:
         try:

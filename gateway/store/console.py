@@ -109,6 +109,7 @@ class MessageView:
     reasons: tuple[tuple[str, str], ...]
     note: str | None
     raw: bytes
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def message_view(session: Session, schools: frozenset[str], message_id: int) -> 
     return MessageView(id=row.id, school=row.school, state=row.state, route=row.route, mail_from=row.mail_from,
                        rcpts=tuple(row.rcpt_tos), received_at=row.received_at, release_at=row.release_at,
                        family=row.family, half_term=row.half_term, thread_id=row.thread_id,
-                       reasons=_reasons(row.reasons), note=row.note, raw=row.raw)
+                       reasons=_reasons(row.reasons), note=row.note, raw=row.raw, flags=tuple(row.flags or ()))
 
 
 def related(session: Session, view: MessageView, limit: int = 50) -> tuple[list[Related], list[Related]]:

@@ -28,10 +28,11 @@ class Viewer:
     def can(self, school: str, *roles: str) -> bool:
         return bool(self.roles.get(school, frozenset()) & set(roles))
 
-    def may_read(self, school: str, route: str | None) -> bool:
+    def may_read(self, school: str, route: str | None, flags: tuple[str, ...] = ()) -> bool:
         """A message's page: heads and the trust read their schools' messages; the DSL reads those
-        routed to the DSL."""
-        return self.can(school, HEAD, TRUST) or (route == "dsl" and self.can(school, DSL))
+        routed to the DSL and those flagged for the DSL's digest (its links lead here)."""
+        for_dsl = route == "dsl" or "possible-safeguarding" in flags
+        return self.can(school, HEAD, TRUST) or (for_dsl and self.can(school, DSL))
 
     @property
     def readers(self) -> frozenset[str]:

@@ -34,6 +34,13 @@ from gateway.workers.runtime import Runtime
 log = logging.getLogger("parentgate.console")
 
 
+# The flags that mean someone else has this message too, in the words the page shows.
+FLAG_TEXT = {
+    "possible-safeguarding": "Possible safeguarding concern: delivered as usual and listed in the DSL's digest",
+    "needs-interpreter": "Needs an interpreter: a copy went to the office to arrange one",
+}
+
+
 class Console(SignInPages, RolePages, RecordPages):
     """The console's state: the runtime, templates, sessions and limits; `app` is the ASGI app."""
 
@@ -106,7 +113,7 @@ class Console(SignInPages, RolePages, RecordPages):
                             problem: str | None = None, status: int = 200) -> Response:
         def read(s: Any) -> Any:
             view = queries.message_view(s, self._visible(viewer), message_id)
-            if view is None or not viewer.may_read(view.school, view.route):
+            if view is None or not viewer.may_read(view.school, view.route, view.flags):
                 return None
             return view, queries.related(s, view), queries.message_events(s, view.id)
         found = await self.rt.db.run(read)
@@ -125,6 +132,7 @@ class Console(SignInPages, RolePages, RecordPages):
         return self._page(
             "message.html", session, status, m=view, h=h, body=body, received=self._when(view.received_at),
             state_text=status_text, banner=banner, problem=problem,
+            flagged=[FLAG_TEXT[f] for f in view.flags if f in FLAG_TEXT],
             can_act=view.state == State.IN_REVIEW.value and viewer.can(view.school, HEAD),
             can_reply=viewer.can(view.school, HEAD), reply_to=parent_address(view.raw, view.mail_from),
             can_see=view.route == "dsl" and viewer.can(view.school, DSL),
@@ -223,7 +231,7 @@ class Console(SignInPages, RolePages, RecordPages):
         async def download(session: Session, viewer: Viewer) -> Response:
             message_id, n = request.path_params["id"], request.path_params["n"]
             view = await self.rt.db.run(lambda s: queries.message_view(s, self._visible(viewer), message_id))
-            if view is None or not viewer.may_read(view.school, view.route):
+            if view is None or not viewer.may_read(view.school, view.route, view.flags):
                 return await self._not_found_page(session)
             for info, part in attachments(parse(view.raw)):
                 if info.index == n:

@@ -19,11 +19,12 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, defer
 
+from gateway.act.concerns import compose_interpreter_copy
 from gateway.act.compose import compose_acknowledgement, compose_review_summary, render_acknowledgement
 from gateway.decide.acknowledge import closure_for_reply, make_message_id, template_for
 from gateway.domain.addresses import reply_address
 from gateway.decide.incidents import incident_category
-from gateway.domain.findings import Route
+from gateway.domain.findings import Flag, Route
 from gateway.domain.states import State
 from gateway.store import memory
 from gateway.store.models import MessageRow, OutboxRow
@@ -295,6 +296,10 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
     summary = _built(row, "review summary", notes,
                      lambda: _review_summary(rt, row, ev, now)) if plan.review_summary else None
     ack = _built(row, "acknowledgement", notes, lambda: _acknowledgement(rt, row, ev, now)) if ev.ack else None
+    # Policy 001: a message nobody can judge in its language goes to the office too, once, so that an
+    # interpreter is found; a blocked sender's message goes to nobody.
+    interpreter = (_built(row, "interpreter copy", notes, lambda: _interpreter_copy(rt, row, ev, now))
+                   if findings.has(Flag.NEEDS_INTERPRETER) and ev.route is not Route.BLOCKED else None)
     if ev.ack_block == "unusable-sender":
         notes.append("acknowledgement skipped: the envelope sender cannot be replied to")
     transition(session, row, State.TRIAGED, actor=rt.owner, now=now,
@@ -315,7 +320,13 @@ def apply_triage(session: Session, rt: Runtime, row: MessageRow, judged: Judged,
         move = imap_move(row, config, "held" if plan.state is State.HELD else "review", now)
         session.add(move)
         written.append(move)
-    for reply in (summary, ack):
+    if interpreter is not None:
+        office = next((r for r in written if r.kind == "copy" and list(r.rcpts) == [school.office]), None)
+        if office is not None:
+            # Urgent mail already goes to the office: its copy carries the note, rather than two copies.
+            office.payload = interpreter.payload
+            interpreter = None
+    for reply in (summary, ack, interpreter):
         if reply is not None:
             session.add(reply)
             written.append(reply)
@@ -390,6 +401,23 @@ def casework_values(ev: Evaluation, tz: tzinfo) -> dict[str, object]:
         values.update(window_day=f"{start:%A} {start.day} {start:%B}", window_start=f"{start:%H:%M}",
                       window_end=f"{end:%H:%M}", window_every=plan.window.describe() if plan else "")
     return values
+
+
+def _interpreter_copy(rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> OutboxRow:
+    school = ev.school
+    sender = ev.facts.from_addr or ev.sender
+    data = compose_interpreter_copy(
+        original_raw=row.raw, subject=ev.facts.subject,
+        sender=f"{ev.facts.from_name} <{sender}>" if ev.facts.from_name else sender, recipients=list(row.rcpt_tos),
+        received=row.received_at.astimezone(school.calendar.tz), route=ev.route.value,
+        reasons=[(r.rule, r.evidence) for r in ev.findings.reasons
+                 if r.flag in (Flag.NEEDS_INTERPRETER, Flag.NON_ENGLISH)],
+        school_name=school.name, from_addr=rt.config.gateway.postmaster, to_addr=school.office,
+        message_ref=str(row.id), now=now, message_id=make_message_id(rt.config.smtp.hostname, uuid.uuid4().hex),
+        templates_dir=rt.templates_dir)
+    # Like the office's copy of urgent mail: a failure is reported to the postmaster, never the parent.
+    return outbox_row(row, "interpreter", mail_from=rt.config.gateway.postmaster, rcpts=[school.office], now=now,
+                      payload=data)
 
 
 def _review_summary(rt: Runtime, row: MessageRow, ev: Evaluation, now: datetime) -> OutboxRow:

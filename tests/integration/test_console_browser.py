@@ -4,7 +4,9 @@ daemon (a subprocess) and an SMTP sink on loopback."""
 from __future__ import annotations
 
 import http.server
+import os
 import re
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -16,7 +18,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.integration.test_crash import start_daemon
+from tests.integration.test_dsl_digest import ETHIOPIC, FLAG_RULES, FLAGGED, ROUTINE
 from tests.integration.test_metrics import stop
+from gateway.triage.rules import default_rules_dir
 from tests.support import DOMAIN, HEAD, STAFF, Sink, always_open, free_port, write_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -75,7 +79,12 @@ class Setup:
         self.signed_in: dict[str, tuple[Any, str]] = {}
         self.smtp, self.http = free_port(), free_port()
         self.base = f"http://127.0.0.1:{self.http}"
+        # The shipped rules and a school's own flag rules (possible safeguarding, needs an interpreter).
+        rules = tmp / "rules"
+        shutil.copytree(default_rules_dir(), rules)
+        (rules / "school-flags.toml").write_text(FLAG_RULES, encoding="utf-8")
         self.cfg = write_config(tmp, smtp_port=self.smtp, sink_port=self.sink.port, retry_first="1s",
+                                gateway_extra=os.environ.get("PG_TEST_GATEWAY_EXTRA", "") + f'\nrules_dir = "{rules}"\n',
                                 extra=f'[console]\nlisten = "127.0.0.1:{self.http}"\nbase_url = "{self.base}"\n')
         # A second school, with its own Head, shares the gateway.
         with self.cfg.open("a") as f:
@@ -407,6 +416,29 @@ def test_the_dsl_sees_safeguarding_messages_unseen_first_and_marks_them_seen(set
     page.get_by_text(f"Seen by {dsl}").wait_for()
     assert page.locator(".card.unseen", has_text="Worried about Leo").count() == 0
     assert f"seen by {dsl}" in setup.cli("show", str(message_id))
+
+
+def test_the_dsl_opens_a_flagged_message_from_its_digest_and_the_page_shows_both_flags(
+        setup: Setup, browser: Any) -> None:
+    dsl = f"dsl@{DOMAIN}"
+    before = setup.ids_routed("staff")
+    with smtplib.SMTP("127.0.0.1", setup.smtp, timeout=30) as s:
+        s.sendmail("priya@parent.example", [STAFF], raw("pf-1", "Priya <priya@parent.example>", STAFF, "Ali",
+                                                         FLAGGED + ETHIOPIC))
+        s.sendmail("priya@parent.example", [STAFF], raw("pf-2", "Priya <priya@parent.example>", STAFF, "Book",
+                                                         ROUTINE))
+    new = poll(lambda: len(setup.ids_routed("staff") - before) == 2 and setup.ids_routed("staff") - before)
+    flagged, routine = sorted(new)
+    shown = setup.cli("show", str(flagged))
+    assert "possible-safeguarding" in shown and "needs-interpreter" in shown
+    ctx, page, _ = sign_in(setup, browser, dsl)
+    # The digest's link opens the message for the DSL, though it was routed to the teacher ...
+    assert page.goto(f"{setup.base}/messages/{flagged}").status == 200
+    flags = page.locator("dd .flag").all_inner_texts()
+    assert any("Possible safeguarding concern" in f for f in flags)
+    assert any("Needs an interpreter" in f for f in flags)
+    # ... but routine mail to a teacher stays the Head's to read.
+    assert page.goto(f"{setup.base}/messages/{routine}").status == 404
 
 
 def test_held_mail_is_listed_with_its_time_and_released_early_by_the_office(setup: Setup, browser: Any) -> None:
