@@ -480,6 +480,21 @@ def send_letter(rt: Runtime, letter_id: int, *, actor: str, text: str | None = N
     return rt.db.transact(run)
 
 
+def save_letter(rt: Runtime, letter_id: int, *, text: str, schools: frozenset[str] | None = None) -> None:
+    """Keep the Head's edited draft (to print, or to send later)."""
+    if not text.strip():
+        raise ServiceError("a letter needs some text")
+
+    def run(session: Session) -> None:
+        letter = session.get(LetterRow, letter_id)
+        if letter is None or (schools is not None and letter.school not in schools):
+            raise ServiceError(f"no letter {letter_id}")
+        if letter.sent_at is not None:
+            raise ServiceError(f"letter {letter_id} was already sent")
+        letter.draft = text
+    rt.db.transact(run)
+
+
 @dataclass(frozen=True)
 class LetterView:
     id: int

@@ -25,6 +25,7 @@ from gateway.store import console as queries
 from gateway.web.base import _DONE, HERE, PAGE_SIZE, _home
 from gateway.web.identity import DSL, HEAD, Viewer
 from gateway.web.render import attachments, headers, parse, render
+from gateway.web.casework import CaseworkPages, routes as casework_routes
 from gateway.web.records import RecordPages
 from gateway.web.roles import RolePages
 from gateway.web.security import RateLimit, SecurityHeaders, Session, Sessions
@@ -41,7 +42,7 @@ FLAG_TEXT = {
 }
 
 
-class Console(SignInPages, RolePages, RecordPages):
+class Console(SignInPages, RolePages, RecordPages, CaseworkPages):
     """The console's state: the runtime, templates, sessions and limits; `app` is the ASGI app."""
 
     def __init__(self, rt: Runtime, signing_key: str, mailer: Transport) -> None:
@@ -70,6 +71,7 @@ class Console(SignInPages, RolePages, RecordPages):
             Route("/incidents", self.record_incident, methods=["POST"]),
             Route("/incidents.csv", self.incidents_csv),
             Route("/messages/{id:int}/attachments/{n:int}", self.attachment),
+            *casework_routes(self),
             Route("/ping", self.ping), Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         app = Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
