@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from gateway.casework import block
 from gateway.clock import FixedClock
 from gateway.config import ConfigError, load
 from gateway.services import purge_expired, review_dismiss
@@ -42,18 +43,28 @@ async def test_each_kind_of_record_is_deleted_after_its_own_period(tmp_path: Pat
         hostile = gw.messages()[-1]
         assert hostile.state == "in_review"
         review_dismiss(gw.rt, hostile.id, "head", "Spoke to the parent")
+        block(gw.rt, "angry@example.org", note="Abusive emails to staff", actor="head")
+        assert (await gw.send(message(sender="angry@example.org", subject="Again"),
+                              mail_from="angry@example.org"))[0] == 250
+        await gw.settle()
         start = gw.clock.now()
-        assert counts(gw)[:2] == ({"delivered": 2, "dismissed": 1}, 2)
+        assert counts(gw)[:2] == ({"delivered": 2, "dismissed": 1, "blocked": 1}, 2)
 
         gw.clock.set(start + timedelta(days=29))
         assert purge_expired(gw.rt) == 0
         gw.clock.set(start + timedelta(days=31))
         assert purge_expired(gw.rt) == 2
         states, incidents, events, outbox = counts(gw)
-        assert states == {"dismissed": 1} and incidents == 2
-        # The deleted messages' events and outbox rows went with them; the dismissed one keeps its own.
-        assert events == len(gw.events(hostile.id)) and outbox == 1
+        assert states == {"dismissed": 1, "blocked": 1} and incidents == 2
+        blocked = gw.messages()[-1]
+        # The deleted messages' events and outbox rows went with them; the others keep their own.
+        assert events == len(gw.events(hostile.id)) + len(gw.events(blocked.id))
         gw.clock.set(start + timedelta(days=61))
+        assert purge_expired(gw.rt) == 1
+        assert counts(gw)[:2] == ({"blocked": 1}, 2)
+        gw.clock.set(start + timedelta(days=89))
+        assert purge_expired(gw.rt) == 0
+        gw.clock.set(start + timedelta(days=91))
         assert purge_expired(gw.rt) == 1
         assert counts(gw)[:2] == ({}, 2)
         gw.clock.set(start + timedelta(days=364))
