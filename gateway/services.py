@@ -15,6 +15,7 @@ from gateway.domain.states import OutboxState, State
 from gateway.store import memory
 from gateway.store.models import EventRow, FamilyRow, MessageRow, OutboxRow
 from gateway.store.queue import transition
+from gateway.store.records import follow_up
 from gateway.workers.delivery import requeue as requeue_message
 from gateway.workers.dispatch import complete_if_done, session_add_staff_rows
 from gateway.workers.release import release_now
@@ -140,6 +141,7 @@ def review_release(rt: Runtime, message_id: int, actor: str, note: str = "") -> 
         except ValueError:
             release_at = None
         reason = f"released by {actor}" + (f": {note}" if note else "")
+        follow_up(session, row.id, "released to the addressee" + (f": {note}" if note else ""), actor)
         if release_at is not None:
             transition(session, row, State.HELD, actor=actor, now=now, reason=reason, release_at=release_at,
                        note=note or row.note)
@@ -160,6 +162,7 @@ def review_dismiss(rt: Runtime, message_id: int, actor: str, note: str) -> None:
         row = _in_review(session, message_id)
         transition(session, row, State.DISMISSED, actor=actor, now=rt.clock.now(),
                    reason=f"dismissed by {actor}: {note}", note=note)
+        follow_up(session, row.id, f"dismissed (kept, not delivered): {note}", actor)
     rt.db.transact(run)
 
 
@@ -317,5 +320,6 @@ def forward_to_dsl(rt: Runtime, message_id: int, actor: str, note: str) -> str:
         session.add(outbox_row(row, "forward", mail_from=rt.config.gateway.postmaster, rcpts=[dsl], now=now,
                                payload=data))
         record(session, row, actor=actor, now=now, reason=f"forwarded to the DSL {dsl} by {actor}: {note}")
+        follow_up(session, row.id, f"forwarded to the DSL ({dsl})", actor)
         return dsl
     return rt.db.transact(run)

@@ -140,6 +140,15 @@ def record_incident(session: Session, *, school: str, category: str, action: str
     return row
 
 
+def follow_up(session: Session, message: int, action: str, actor: str) -> None:
+    """A person's later action on a message recorded as an incident (the Head releases, dismisses or
+    forwards it): added to the incident's action, and that person becomes its staff member."""
+    for row in session.scalars(select(IncidentRow).where(IncidentRow.message == message,
+                                                         IncidentRow.source == "auto")):
+        row.action = f"{row.action}; then {action}"[:4000]
+        row.actor = actor
+
+
 def incidents(session: Session, *, schools: frozenset[str] | None = None, since: datetime | None = None,
               until: datetime | None = None, category: str | None = None, family: str | None = None,
               message: int | None = None, limit: int | None = None) -> list[Incident]:

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.clock import FixedClock
 from gateway.records import CSV_COLUMNS, add_incident, export_incidents, neutralise
-from gateway.services import ServiceError
+from gateway.services import ServiceError, forward_to_dsl, review_dismiss
 from tests.conftest import utc
 from tests.support import DSL, HEAD, InProcessGateway, Sink, message, school_calendar, write_config
 
@@ -128,3 +128,14 @@ async def test_export_refuses_an_unknown_school_or_category(school):
         export_incidents(school.rt, io.StringIO(), school="elsewhere")
     with pytest.raises(ServiceError):
         export_incidents(school.rt, io.StringIO(), category="rude")
+
+
+async def test_the_heads_later_action_is_added_to_the_incident_with_who(school, sink):
+    hostile = await send(school, "Lee Grant <lee.grant@example.org>", "Mia", HOSTILE)
+    review_dismiss(school.rt, hostile, "head@oakfield-primary.sch.example", "Spoke to Mr Grant")
+    forward_to_dsl(school.rt, hostile, "head@oakfield-primary.sch.example", "worrying tone")
+    [row] = exported(school.config_path)
+    assert row["action"] == ("held for the Head of School's review (head@oakfield-primary.sch.example); then "
+                             "dismissed (kept, not delivered): Spoke to Mr Grant; then forwarded to the DSL "
+                             "(dsl@oakfield-primary.sch.example)")
+    assert row["staff member"] == "head@oakfield-primary.sch.example"
