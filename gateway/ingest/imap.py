@@ -344,10 +344,12 @@ class MailboxWatcher:
         if self._factory is None:
             self._factory = _default_factory(box)
         self._session = session = self._factory()
+        # The gate covers opening the connection (TCP, greeting, login): what a server counts as a
+        # connection attempt and what overflows its listen backlog when a thousand come at once.
         async with self._opening():
             await self._thread.call(session.connect)
-            await self._thread.call(session.ensure_folders, [box.folder, box.held_folder, box.review_folder])
-            uidvalidity = await self._thread.call(session.select, box.folder)
+        await self._thread.call(session.ensure_folders, [box.folder, box.held_folder, box.review_folder])
+        uidvalidity = await self._thread.call(session.select, box.folder)
         if self._known_validity != uidvalidity:
             self._known.clear()
             self._known_validity = uidvalidity

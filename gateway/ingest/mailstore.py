@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Callable
 
 from sqlalchemy.orm import Session
@@ -35,6 +37,9 @@ def mailbox_address(mailbox: MailboxConfig, config: Config) -> str:
 class StoreImapPort:
     def __init__(self, db: Database, clock: Clock, config: Callable[[], Config]) -> None:
         self._db, self._clock, self._config = db, clock, config
+        # Status reports waiting to be written, newest per mailbox, and the task writing them.
+        self._reports: dict[str, tuple[bool, str, datetime]] = {}
+        self._writing: asyncio.Task[None] | None = None
 
     async def checkpoint(self, mailbox: str) -> tuple[int, int] | None:
         return await self._db.run(lambda s: mailboxes.checkpoint(s, mailbox))
@@ -59,4 +64,18 @@ class StoreImapPort:
         return await self._db.run(run)
 
     async def report(self, mailbox: str, ok: bool, detail: str) -> None:
-        await self._db.run(lambda s: mailboxes.report(s, mailbox, ok, detail, self._clock.now()))
+        """Record a mailbox's status; reports that arrive together (a thousand watchers connecting or
+        reconnecting) are written in one transaction, not one commit each."""
+        self._reports[mailbox] = (ok, detail, self._clock.now())
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.ensure_future(self._write_reports())
+        await asyncio.shield(self._writing)
+
+    async def _write_reports(self) -> None:
+        while self._reports:
+            batch, self._reports = self._reports, {}
+
+            def run(session: Session, batch: dict[str, tuple[bool, str, datetime]] = batch) -> None:
+                for name, (ok, detail, at) in batch.items():
+                    mailboxes.report(session, name, ok, detail, at)
+            await self._db.run(run)
