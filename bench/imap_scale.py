@@ -201,6 +201,11 @@ def probe(server: Dovecot, name: str, raw: bytes, timeout: float = 60.0) -> floa
     return None
 
 
+def _when(text: str):  # noqa: ANN202 - SQLite's text form of the UTC timestamps
+    from datetime import datetime
+    return datetime.fromisoformat(str(text))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -218,8 +223,10 @@ def run(n: int, probes: int, burst: int, work: Path) -> int:
         info = machine()
         print(f"N = {n}: Dovecot on 127.0.0.1:{server.port}; starting parentgate", flush=True)
         started = time.monotonic()
+        dovecot_cpu0 = server.cpu()
         daemon = Daemon(config, work / "gateway.log")
         took = wait(lambda: daemon.watching() >= n, 300, 0.05)
+        startup_cpu = (process_cpu(daemon.proc.pid), server.cpu() - dovecot_cpu0)
         all_idle = time.time()
         startup = took if took is not None else float("nan")
         # The daemon's own start (imports, database, judge processes loading the rules) comes before the
@@ -229,6 +236,8 @@ def run(n: int, probes: int, burst: int, work: Path) -> int:
         figures.append(("start-up until every mailbox is idling: from the watchers' start "
                         "(from the process's start)", f"{imap_part:.1f} s ({startup:.1f} s)", "<= 10 s"))
         print(f"  start-up {imap_part:.1f}s from the watchers' start, {startup:.1f}s from the process's", flush=True)
+        figures.append(("CPU during start-up: daemon (whole start) / Dovecot",
+                        f"{startup_cpu[0]:.1f} s / {startup_cpu[1]:.1f} s", ""))
         time.sleep(2)
         idle_connections = server.connections()
         threads = daemon.status("Threads")
@@ -287,6 +296,16 @@ def run(n: int, probes: int, burst: int, work: Path) -> int:
         per = 1000 / (n * burst)
         figures.append(("CPU per burst message: daemon / judge processes / Dovecot",
                         f"{main_cpu * per:.1f} / {judges_cpu * per:.1f} / {dovecot_cpu * per:.1f} ms", ""))
+        # Fresh mail first: from a message's judgement (its move written) until it was moved, during the burst.
+        waits = []
+        for created, finished in daemon.query("SELECT created_at, finished_at FROM outbox WHERE kind = 'imap_move' "
+                                              "AND finished_at IS NOT NULL ORDER BY id"):
+            waits.append((_when(finished) - _when(created)).total_seconds())
+        waits = waits[-n * burst:]
+        if waits:
+            figures.append(("judged-to-moved during the burst, p50 / p95 / max",
+                            f"{percentile(waits, 0.5):.2f} s / {percentile(waits, 0.95):.2f} s / {max(waits):.2f} s",
+                            "a few seconds"))
         time.sleep(2)
         moved_connections = server.connections()
         figures.append(("server connections after mail has moved", f"{moved_connections}", f"<= {int(1.1 * n)}"))

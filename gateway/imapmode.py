@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 from gateway.act.mailbox import MailboxError, MessageNotFoundError
 from gateway.act.relay import RelayTarget, SmtpRelay
@@ -79,6 +80,7 @@ class ImapMode:
     def start(self) -> None:
         settings = self.rt.config.imap
         gate = asyncio.Semaphore(settings.connect_concurrency)
+        began = time.monotonic()
         for mailbox in self.rt.config.mailboxes:
             watcher = MailboxWatcher(mailbox, self.port, now=self.rt.clock.now, on_stored=self.rt.wake_triage,
                                      backoff=(1.0, float(settings.reconnect_max_seconds)), connect_gate=gate,
@@ -87,7 +89,8 @@ class ImapMode:
             self.watchers.append(watcher)
             self.tasks.append(asyncio.create_task(watcher.run(), name=f"imap:{mailbox.name}"))
         if self.watchers:
-            log.info("watching %d IMAP mailbox(es)", len(self.watchers))
+            log.info("watching %d IMAP mailbox(es) (their threads started in %.2fs; at most %d connecting at once)",
+                     len(self.watchers), time.monotonic() - began, settings.connect_concurrency)
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in self.watchers), return_exceptions=True)

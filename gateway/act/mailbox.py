@@ -188,7 +188,7 @@ class ImapSession:
     def ensure_folders(self, names: Iterable[str]) -> None:
         """Create (and subscribe) each folder that does not exist yet (a LIST only for folders this
         connection has not seen yet)."""
-        wanted = [name for name in dict.fromkeys(names) if name not in self._folders]
+        wanted = [name for name in dict.fromkeys(names) if name not in self._folders and name.upper() != "INBOX"]
         if not wanted:
             return
         existing = set(self.list_folders())

@@ -161,6 +161,7 @@ class MailboxWatcher:
         self._known: OrderedDict[str, int] = OrderedDict()
         self._known_validity: int | None = None
         self._failures = 0
+        self._folders_made = False
         self._retry_at = 0.0
         self._last_error: MailboxError | None = None
         self.state = "stopped"
@@ -348,8 +349,13 @@ class MailboxWatcher:
         # connection attempt and what overflows its listen backlog when a thousand come at once.
         async with self._opening():
             await self._thread.call(session.connect)
-        await self._thread.call(session.ensure_folders, [box.folder, box.held_folder, box.review_folder])
+        # The held and review folders are made sure of on the first connection; a reconnect (a thousand
+        # of them after a server restart) skips that LIST, and a move into a folder deleted meanwhile
+        # recreates it ([TRYCREATE], see move_batch).
+        folders = [box.folder] if self._folders_made else [box.folder, box.held_folder, box.review_folder]
+        await self._thread.call(session.ensure_folders, folders)
         uidvalidity = await self._thread.call(session.select, box.folder)
+        self._folders_made = True
         if self._known_validity != uidvalidity:
             self._known.clear()
             self._known_validity = uidvalidity
