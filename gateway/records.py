@@ -236,8 +236,9 @@ def erase_family(rt: Runtime, text: str, actor: str, *, schools: frozenset[str] 
     ref = _family(rt, text, schools)
 
     def names(session: Session) -> list[str]:
-        return [r.parent_name for r in memory.family_members(session, ref.key)
-                if r.school == ref.school and r.parent_name] if ref.known else []
+        # Full names only ("Priya Patel"): a first name alone ("Ali") would rewrite other people's text.
+        return [r.parent_name.strip() for r in memory.family_members(session, ref.key)
+                if r.school == ref.school and len(r.parent_name.split()) >= 2] if ref.known else []
 
     def run(session: Session) -> tuple[int, int]:
         return records.erase_family(session, school=ref.school, key=ref.key, known=ref.known,

@@ -320,8 +320,10 @@ def erase_family(session: Session, *, school: str, key: str, known: bool, addres
 
 
 def scrub(text: str, needles: list[str]) -> str:
+    """`text` with each needle, as a whole word or address (any case), replaced by "[erased]"."""
     for needle in needles:
-        text = re.sub(re.escape(needle), ERASED, text, flags=re.IGNORECASE)
+        pattern = (r"\b" if needle[:1].isalnum() else "") + re.escape(needle) + (r"\b" if needle[-1:].isalnum() else "")
+        text = re.sub(pattern, ERASED, text, flags=re.IGNORECASE)
     return text
 
 
