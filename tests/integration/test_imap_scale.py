@@ -278,3 +278,36 @@ async def test_moves_are_batched_into_one_uid_move_per_destination(server: Dovec
     assert count(server, "teacher1", HELD) == 4 and count(server, "teacher1", REVIEW) == 1
     assert count(server, "teacher1", "INBOX") == 1
     assert server.who().get("teacher1", 0) == 0
+
+
+class SlowPort(MemoryPort):
+    """A store that takes a while per batch, as a busy database does during a large burst or backfill."""
+
+    async def store_fetched(self, mailbox, school, folder, uidvalidity, messages, last_uid):  # noqa: ANN001,ANN201
+        await asyncio.sleep(0.15)
+        return await super().store_fetched(mailbox, school, folder, uidvalidity, messages, last_uid)
+
+
+async def test_judged_mail_is_moved_before_the_rest_of_a_large_sync_is_fetched(server: Dovecot) -> None:
+    """Fresh mail first: a move requested while the watcher is still fetching a backlog (here 400
+    messages, 50 per FETCH, each batch slow to store) is made before the next FETCH, not after the sync."""
+    from datetime import date
+    total = 400
+    with IMAPClient(server.host, port=server.port, ssl=False, timeout=30) as client:
+        client.login("teacher1", server.users["teacher1"])
+        client.multiappend("INBOX", [message(n) for n in range(1, total + 1)])
+    box = config(server, "teacher1", backfill_since=date(2000, 1, 1))
+    port = SlowPort()
+    w = MailboxWatcher(box, port, now=lambda: SATURDAY)
+    async with watching([w]):
+        await eventually(lambda: len(port.ids(box.name)) >= 50, "the first batch stored")
+        started = time.monotonic()
+        await w.move(MoveRequest("<m1@parent.test>", sha(message(1)), "INBOX", HELD, False))
+        waited = time.monotonic() - started
+        stored_when_moved = len(port.ids(box.name))
+        await eventually(lambda: len(port.ids(box.name)) == total and w.state == "idle", "the whole backlog",
+                         timeout=60)
+    print(f"moved after {waited:.2f}s with {stored_when_moved}/{total} stored")
+    assert stored_when_moved <= 150, "the move waited for the backlog"
+    assert count(server, "teacher1", HELD) == 1 and count(server, "teacher1", "INBOX") == total - 1
+    assert port.duplicates[box.name] == 0
