@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from datetime import date, datetime, time
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.casework import BlockFacts, Casework, PlanFacts, Window
 from gateway.store.memory import normalise_address
-from gateway.store.models import BlockRow, FamilyRow, LetterRow, MessageRow, PlanRow, StageRow
+from gateway.store.models import BlockNoticeRow, BlockRow, FamilyRow, LetterRow, MessageRow, PlanRow, StageRow
 
 
 def window_of(row: PlanRow) -> Window:
@@ -133,3 +133,12 @@ def blocked_counts(session: Session, schools: frozenset[str] | None = None) -> d
                              or (row.address is not None and row.school in (school, "*")
                                  and normalise_address(sender or "") == row.address))
     return counts
+
+
+def record_block_notice(session: Session, *, school: str, sender: str, now: datetime, message: int | None) -> None:
+    session.add(BlockNoticeRow(school=school, sender=sender, sent_at=now, message=message))
+
+
+def notices_sent(session: Session, sender: str, since: datetime) -> int:
+    return int(session.scalar(select(func.count()).select_from(BlockNoticeRow).where(
+        BlockNoticeRow.sender == sender, BlockNoticeRow.sent_at >= since)) or 0)

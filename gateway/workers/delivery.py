@@ -27,11 +27,11 @@ from sqlalchemy.orm import Session, defer
 
 from gateway.act.compose import compose_failure_notice
 from gateway.act.transport import Outcome, Transport
-from gateway.decide.acknowledge import make_message_id
+from gateway.decide.acknowledge import AckKind, make_message_id
 from gateway.decide.retry import RetryPolicy, next_attempt
 from gateway.domain.states import OutboxState, State
 from gateway.ops.logs import kv
-from gateway.store import memory
+from gateway.store import casework, memory
 from gateway.store.database import URGENT
 from gateway.store.models import MessageRow, OutboxRow
 from gateway.store.queue import claim_outbox, release_outbox, renew_outbox, transition
@@ -331,6 +331,10 @@ class DeliveryWorker:
             # to delivery"), so a failed reply does not silence the next one.
             memory.record_acknowledgement(session, school=message.school, sender=row.ack_sender,
                                           kind=row.ack_kind, now=now, message=message.id)
+            if row.ack_kind == AckKind.BLOCKED.value:
+                # The record of notices sent to blocked senders, kept with the block's history.
+                casework.record_block_notice(session, school=message.school, sender=row.ack_sender, now=now,
+                                             message=message.id)
             self.rt.metrics.acknowledgement_sent()
         if row.kind == "imap_move" and message is not None and row.params:
             message.folder = str(row.params.get("to"))

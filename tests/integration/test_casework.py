@@ -15,6 +15,7 @@ from gateway.casework import (block, end_plan, escalate, list_blocks, list_plans
 from gateway.clock import FixedClock
 from gateway.services import ServiceError, list_messages
 from gateway.store import records
+from gateway.store.casework import notices_sent
 from tests.conftest import utc
 from tests.support import (DOMAIN, DSL, HEAD, OFFICE, STAFF, InProcessGateway, Sink, message, school_calendar,
                            wire, write_config)
@@ -194,6 +195,7 @@ async def test_blocked_address_mail_is_kept_with_one_notice_a_week_and_the_dsl_s
     await send(school, sender, "Still waiting. marker-blocked4\n")
     assert len(sink.to(sender)) == 2
     assert not carrying(sink, STAFF, b"marker-blocked4")
+    assert school.rt.db.transact(lambda s: notices_sent(s, sender, utc(2026, 12, 1))) == 2
 
 
 async def test_a_block_ends_on_its_end_date_and_unblock_lifts_it(school, sink):
