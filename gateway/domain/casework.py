@@ -86,7 +86,8 @@ def next_window(window: Window, calendar: SchoolCalendar, now: datetime) -> tupl
     tz = calendar.tz
     local = now.astimezone(tz)
     anchor = window.anchor or monday_of(local.date())
-    week = monday_of(local.date()) - timedelta(days=7)
+    # From last week: its window may have moved (a closed day) into this week and still be to come.
+    week = monday_of(local.date()) - timedelta(days=14)
     for _ in range(_SEARCH_WEEKS):
         week += timedelta(days=7)
         if window.fortnightly and ((week - anchor).days // 7) % 2:
