@@ -424,7 +424,8 @@ def escalate(rt: Runtime, key: str, *, stage: str, note: str, actor: str, until:
             banned = _block(session, rt, family.family_id, note=f"ban: {note}", actor=actor, until=until,
                             schools=frozenset({family.school}))
         draft = draft_letter(session, rt, family, step, note=note, until=until)
-        letter_id, sent_to = None, ()
+        letter_id: int | None = None
+        sent_to: tuple[str, ...] = ()
         if draft is not None:
             letter = LetterRow(school=family.school, family_id=family.family_id, stage=stage_row.id, kind=step.value,
                                draft=text if text is not None else draft, created_at=now, created_by=actor)

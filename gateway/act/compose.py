@@ -111,7 +111,7 @@ def render_acknowledgement(
     Dates are given both as British text (`reply_by`, `reopen`) and as dates
     (`reply_by_date`, `reopen_date`, usable with the `british_date` filter).
     """
-    values = {
+    values: dict[str, object] = {
         "school_name": one_line(school_name, NAME_LIMIT),
         "parent_name": _optional(parent_name),
         "family_known": family_known,
@@ -206,7 +206,7 @@ def compose_review_summary(
     sender = one_line(original.from_addr, NAME_LIMIT)
     if original.from_name:
         sender = f"{one_line(original.from_name, NAME_LIMIT)} <{sender}>"
-    values = {
+    values: dict[str, object] = {
         "school_name": one_line(school_name, NAME_LIMIT),
         "subject": subject or "(no subject)",
         "sender": sender or "(unknown sender)",

@@ -244,7 +244,8 @@ def family_data(session: Session, school: str, key: str, addresses: list[str]) -
         for e in session.scalars(select(EventRow).where(EventRow.message.in_(ids)).order_by(EventRow.id)):
             events.setdefault(e.message, []).append(row_dict(e))
         for o in session.scalars(select(OutboxRow).where(OutboxRow.message.in_(ids)).order_by(OutboxRow.id)):
-            outbox.setdefault(o.message, []).append(row_dict(o))
+            if o.message is not None:
+                outbox.setdefault(o.message, []).append(row_dict(o))
     family_where = (lambda model: (model.school == school) & (model.family_id == key))
     blocks_where: list[Any] = [family_where(BlockRow)]
     if addresses:

@@ -384,7 +384,8 @@ def _load_for_record(session: Session, outbox_ids: list[int]) -> tuple[
     for r in session.scalars(select(OutboxRow).where(OutboxRow.message.in_(message_ids),
                                                      OutboxRow.kind.in_(DELIVERY_KINDS)).options(
                                                          defer(OutboxRow.payload))):
-        siblings.setdefault(r.message, []).append(r)
+        if r.message is not None:
+            siblings.setdefault(r.message, []).append(r)
     return rows, messages, siblings
 
 
