@@ -310,6 +310,12 @@ def erase_family(session: Session, *, school: str, key: str, known: bool, addres
     # Whatever still names them (an event on another message, a letter's outbox row, a table added
     # since): text is rewritten without them, and a stored email about them is removed.
     tables = {t.name: t for t in _tables(session)}
+    # A row of any other table that points at an erased message (a digest entry, a notice) goes with it.
+    for table in tables.values():
+        column = table.columns.get("message")
+        if ids and table.name not in ("incidents", "messages") and column is not None \
+                and isinstance(column.type, Integer):
+            session.execute(table.delete().where(column.in_(ids)))
     for table, column, pk in leftovers(session, needles):
         _scrub_cell(session, tables[table], column, pk, needles)
     session.add(ErasureRow(school=school, at=now, actor=actor, messages=len(ids), incidents_kept=len(kept)))
