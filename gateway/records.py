@@ -26,6 +26,7 @@ from gateway.decide.incidents import summary as summary
 from gateway.services import ServiceError
 from gateway.store import memory, records
 from gateway.store.models import MessageRow
+from gateway.store.queue import record
 from gateway.workers.runtime import Runtime
 
 log = logging.getLogger("parentgate.records")
@@ -98,6 +99,7 @@ def add_incident(rt: Runtime, *, category: str, action: str, actor: str, family:
                 raise ServiceError(f"no message {message}")
             incident = records.record_incident(session, school=row.school, category=kind, action=action.strip(),
                                                actor=actor, now=now, source="hand", message=row, note=note.strip())
+            record(session, row, actor=actor, now=now, reason=f"incident recorded ({label(kind)}) by {actor}")
         else:
             ref = resolve_family(session, family or "", [s.id for s in rt.config.schools])
             if schools is not None and ref.school not in schools:

@@ -95,7 +95,7 @@ async def test_an_incident_recorded_by_hand_names_the_family_children_and_who(sc
     out = cli(cfg, "incidents", "add", "--family", "dad.patel@example.net", "--category", "excessive contact",
               "--action", "@phoned the parent", "--note", "+44 call", "--actor", "head")
     assert out.returncode == 0, out.stderr
-    [row] = exported(cfg)
+    row = exported(cfg)[0]
     assert row["category"] == "excessive contact" and row["family"] == "F-PATEL"
     assert row["child"] == "Maya Patel; Arjun Patel" and row["staff member"] == "head"
     assert row["action"] == "'@phoned the parent (+44 call)" and row["message reference"] == ""
@@ -104,6 +104,11 @@ async def test_an_incident_recorded_by_hand_names_the_family_children_and_who(sc
         add_incident(school.rt, category="rudeness", action="x", actor="head", family="F-PATEL")
     with pytest.raises(ServiceError):
         add_incident(school.rt, category="negative", action="x", actor="head", family="nobody-here")
+    disclosure = await send(school, "Priya Patel <mum.patel@example.com>", "Worried", DISCLOSURE)
+    out = cli(cfg, "incidents", "add", "--message", str(disclosure), "--category", "safeguarding",
+              "--action", "DSL phoned social care", "--actor", "dsl")
+    assert out.returncode == 0, out.stderr
+    assert "incident recorded (safeguarding) by dsl" in cli(cfg, "show", str(disclosure)).stdout
     bad = cli(cfg, "incidents", "add", "--message", "999", "--category", "negative", "--action", "x")
     assert bad.returncode == 1 and "no message 999" in bad.stderr
 
