@@ -129,6 +129,7 @@ class ImapSession:
         # UIDNEXT reported by the last `select` (RFC 3501 §6.3.1), and the folder it selected.
         self.uidnext: int | None = None
         self.selected: str | None = None
+        self.uidvalidity: int | None = None
         # Folders seen or created on this connection: `ensure_folders` lists the server's only for others.
         self._folders: set[str] = set()
         self._xoauth2, self._timeout, self._ssl_context = xoauth2, timeout_s, ssl_context
@@ -222,7 +223,8 @@ class ImapSession:
         uidvalidity = response.get(b"UIDVALIDITY")
         if uidvalidity is None:
             raise MailboxError(False, f"{self.where}: server sent no UIDVALIDITY for {folder!r}")
-        return int(uidvalidity)
+        self.uidvalidity = int(uidvalidity)
+        return self.uidvalidity
 
     def uids_after(self, last_uid: int, since: date | None = None) -> list[int]:
         """UIDs above `last_uid` in the selected folder, optionally only INTERNALDATE on/after `since`."""
@@ -507,17 +509,18 @@ class ImapSession:
         return MailboxError(True, f"connection to {at} lost during {command} ({type(exc).__name__})")
 
 
-def move_batch(session: ImapSession, requests: Sequence[MoveRequest],
-               known: dict[str, int] | None = None) -> list[MailboxError | None]:
+def move_batch(session: ImapSession, requests: Sequence[MoveRequest], known: dict[str, int] | None = None,
+               known_validity: int | None = None) -> list[MailboxError | None]:
     """Carry out moves on one connection: one UID MOVE (and one STORE -\\Seen) per source, destination
     and flag change, with a UID set (`UID MOVE 4,7,9:12 dest`). Returns, per request, None when the
     message is now in its destination (moved, or already there) or the MessageNotFoundError saying it is
     in neither folder. A connection failure raises: the requests not done are retried; those done are
     found in their destination next time.
 
-    `known` maps content hashes to UIDs of the source folder fetched earlier in the same UIDVALIDITY
-    (UIDs are never reused, RFC 3501 §2.3.1.1): such a message is moved if its UID is still present,
-    without a search. Leaves another folder than before selected.
+    `known` maps content hashes to UIDs fetched earlier from the source folder under UIDVALIDITY
+    `known_validity` (UIDs are never reused within one, RFC 3501 §2.3.1.1): such a message is moved if
+    its UID is still present, without a search; under another UIDVALIDITY the hints are ignored. Leaves
+    another folder than before selected.
     """
     known = known or {}
     results: list[MailboxError | None] = [None] * len(requests)
@@ -530,7 +533,8 @@ def move_batch(session: ImapSession, requests: Sequence[MoveRequest],
     for (source, dest, unseen), members in groups.items():
         if session.selected != source:
             session.select(source)
-        hinted = {i: known.get(requests[i].sha256) for i in members}
+        trusted = known_validity is not None and session.uidvalidity == known_validity
+        hinted = {i: known.get(requests[i].sha256) if trusted else None for i in members}
         present = session.present([uid for uid in hinted.values() if uid is not None])
         uid_of: dict[int, int] = {}
         for i in members:

@@ -277,7 +277,7 @@ class MailboxWatcher:
         """Runs on the connection's thread."""
         box = self.mailbox
         try:
-            return move_batch(session, requests, hints)
+            return move_batch(session, requests, hints, uidvalidity)
         finally:
             if session.selected != box.folder:
                 if session.select(box.folder) != uidvalidity:
