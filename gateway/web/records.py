@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway import records as services
+from gateway.domain.casework import STAGE_LABELS
 from gateway.records import CATEGORIES, category_name, label, summary
 from gateway.services import ServiceError
 from gateway.store import records as queries
@@ -25,8 +26,7 @@ from gateway.web.render import headers
 from gateway.web.security import Session
 
 log = logging.getLogger("parentgate.console")
-STAGES = {"none": "none", "meeting": "meeting requested", "warning": "warned", "legal-advice": "legal advice",
-          "ban": "banned"}
+STAGES = {stage.value: text for stage, text in STAGE_LABELS.items()}
 
 
 def _date(text: str | None) -> date | None:

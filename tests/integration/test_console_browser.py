@@ -102,8 +102,11 @@ class Setup:
         threading.Thread(target=self.pixel.serve_forever, daemon=True).start()
 
     def cli(self, *args: str) -> str:
+        return self.run(*args).stdout
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "gateway", "--config", str(self.cfg), *args],
-                              capture_output=True, text=True, timeout=60).stdout
+                              capture_output=True, text=True, timeout=60)
 
     def review_ids(self) -> set[int]:
         return {int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s", self.cli("review", "list"), re.M)}

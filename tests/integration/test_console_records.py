@@ -103,6 +103,17 @@ def test_family_page_shows_the_familys_facts_and_links_to_its_actions(setup: Set
     page.get_by_role("button", name="Record incident").click()
     page.get_by_text("Done: the incident is recorded.").wait_for()
     assert "met the parents" in page.locator("table.incidents").inner_text()
+    # Casework done on the server shows on the page: the plan, the block and the stage.
+    for args in (("plan", "start", "F-COLE", "--window", "tue 09:00-10:00", "--note", "Agreed at meeting"),
+                 ("block", "kim.cole@parent.example", "--note", "Abusive emails to staff"),
+                 ("escalate", "F-COLE", "--stage", "meeting", "--note", "Second abusive email")):
+        out = setup.run(*args)
+        assert out.returncode == 0, out.stderr
+    page.reload()
+    assert page.locator("#plan").inner_text().startswith("weekly, tue 09:00-10:00, read by head@")
+    assert "kim.cole@parent.example" in page.locator("#block").inner_text()
+    assert page.locator("#stage").inner_text().strip() == "meeting requested"
+    assert page.get_by_role("link", name="End the communication plan").count() == 1
     # The message page links to the family's page.
     page.get_by_role("link", name="Tyler's detention").click()
     page.get_by_role("link", name="The family's page").click()
