@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -27,6 +27,8 @@ STAGE_CHOICES = (("meeting", "Request a meeting"), ("warning", "Formal warning")
                  ("legal-advice", "Advice from the local authority's legal team"),
                  ("ban", "Ban from the site and from contacting staff"))
 _LONG = 20000
+FamilyPage = Callable[..., Awaitable[Response]]
+FamilyAction = Callable[[services.FamilyRef, dict[str, str], Viewer], Awaitable[str]]
 
 
 def _day(text: str | None) -> date | None:
@@ -88,29 +90,38 @@ class CaseworkPages(PageBase):
                           plan=plan, next=self._when(plan.next_window) if plan else "", problem=problem,
                           form=form or {}, head=school.head_of_school)
 
-    async def plan_act(self, request: Request) -> Response:
+    async def _family_act(self, request: Request, shown_by: FamilyPage, action: FamilyAction) -> Response:
+        """A family form's POST: the CSRF token checked, the family found in the person's own schools, the
+        action done through gateway.casework (it returns where to go next, "" for the family page), and the
+        form shown again with the reason when it is refused."""
         async def act(session: Session, viewer: Viewer) -> Response:
             form = await self._form(request, session)
             key = request.path_params["key"]
             family = await self._family(viewer, key)
             if family is None:
                 return await self._not_found_page(session)
-            heads = frozenset({family.school})
             try:
-                if form.get("action") == "end":
-                    await self.rt.db.call(lambda: services.end_plan(
-                        self.rt, family.family_id, note=form.get("note", "")[:2000], actor=viewer.email, schools=heads))
-                else:
-                    review = _day(form.get("review"))
-                    await self.rt.db.call(lambda: services.start_plan(
-                        self.rt, family.family_id, window=form.get("window", "")[:64],
-                        fortnightly=form.get("fortnightly") == "on", reader=form.get("reader", "").strip()[:320] or None,
-                        review=review, note=form.get("note", "")[:2000], actor=viewer.email, schools=heads))
+                where = await action(family, form, viewer)
             except ServiceError as exc:
-                return await self._plan_page(session, viewer, key, problem=str(exc), form=form, status=400)
-            log.info("console: plan %s for a family", "ended" if form.get("action") == "end" else "started")
-            return RedirectResponse(f"/families/{quote(key, safe='')}", status_code=303)
+                return await shown_by(session, viewer, key, problem=str(exc), form=form, status=400)
+            return RedirectResponse(where or f"/families/{quote(key, safe='')}", status_code=303)
         return await self._guarded(request, act)
+
+    async def plan_act(self, request: Request) -> Response:
+        async def act(family: services.FamilyRef, form: dict[str, str], viewer: Viewer) -> str:
+            heads = frozenset({family.school})
+            if form.get("action") == "end":
+                await self.rt.db.call(lambda: services.end_plan(
+                    self.rt, family.family_id, note=form.get("note", "")[:2000], actor=viewer.email, schools=heads))
+            else:
+                review = _day(form.get("review"))
+                await self.rt.db.call(lambda: services.start_plan(
+                    self.rt, family.family_id, window=form.get("window", "")[:64],
+                    fortnightly=form.get("fortnightly") == "on", reader=form.get("reader", "").strip()[:320] or None,
+                    review=review, note=form.get("note", "")[:2000], actor=viewer.email, schools=heads))
+            log.info("console: plan %s for a family", "ended" if form.get("action") == "end" else "started")
+            return ""
+        return await self._family_act(request, self._plan_page, act)
 
     async def block_form(self, request: Request) -> Response:
         async def page(session: Session, viewer: Viewer) -> Response:
@@ -130,31 +141,22 @@ class CaseworkPages(PageBase):
                           blocks=shown, problem=problem, form=form or {})
 
     async def block_act(self, request: Request) -> Response:
-        async def act(session: Session, viewer: Viewer) -> Response:
-            form = await self._form(request, session)
-            key = request.path_params["key"]
-            family = await self._family(viewer, key)
-            if family is None:
-                return await self._not_found_page(session)
+        async def act(family: services.FamilyRef, form: dict[str, str], viewer: Viewer) -> str:
             target = form.get("target", "")
             if target not in (family.family_id, *family.addresses):
-                return await self._block_page(session, viewer, key, problem="Choose the family or one of its "
-                                              "addresses.", form=form, status=400)
+                raise ServiceError("Choose the family or one of its addresses.")
             heads = frozenset({family.school})
             note = form.get("note", "")[:2000]
-            try:
-                if form.get("action") == "lift":
-                    await self.rt.db.call(lambda: services.unblock(self.rt, target, note=note, actor=viewer.email,
-                                                                   schools=heads))
-                else:
-                    until = _day(form.get("until"))
-                    await self.rt.db.call(lambda: services.block(self.rt, target, note=note, actor=viewer.email,
-                                                                 until=until, schools=heads))
-            except ServiceError as exc:
-                return await self._block_page(session, viewer, key, problem=str(exc), form=form, status=400)
+            if form.get("action") == "lift":
+                await self.rt.db.call(lambda: services.unblock(self.rt, target, note=note, actor=viewer.email,
+                                                               schools=heads))
+            else:
+                until = _day(form.get("until"))
+                await self.rt.db.call(lambda: services.block(self.rt, target, note=note, actor=viewer.email,
+                                                             until=until, schools=heads))
             log.info("console: block %s", "lifted" if form.get("action") == "lift" else "added")
-            return RedirectResponse(f"/families/{quote(key, safe='')}", status_code=303)
-        return await self._guarded(request, act)
+            return ""
+        return await self._family_act(request, self._block_page, act)
 
     async def escalate_form(self, request: Request) -> Response:
         async def page(session: Session, viewer: Viewer) -> Response:
@@ -175,24 +177,14 @@ class CaseworkPages(PageBase):
                           choices=STAGE_CHOICES, problem=problem, form=form or {})
 
     async def escalate_act(self, request: Request) -> Response:
-        async def act(session: Session, viewer: Viewer) -> Response:
-            form = await self._form(request, session)
-            key = request.path_params["key"]
-            family = await self._family(viewer, key)
-            if family is None:
-                return await self._not_found_page(session)
-            try:
-                until = _day(form.get("until"))
-                done = await self.rt.db.call(lambda: services.escalate(
-                    self.rt, family.family_id, stage=form.get("stage", ""), note=form.get("note", "")[:2000],
-                    actor=viewer.email, until=until, schools=frozenset({family.school})))
-            except ServiceError as exc:
-                return await self._escalate_page(session, viewer, key, problem=str(exc), form=form, status=400)
+        async def act(family: services.FamilyRef, form: dict[str, str], viewer: Viewer) -> str:
+            until = _day(form.get("until"))
+            done = await self.rt.db.call(lambda: services.escalate(
+                self.rt, family.family_id, stage=form.get("stage", ""), note=form.get("note", "")[:2000],
+                actor=viewer.email, until=until, schools=frozenset({family.school})))
             log.info("console: a family escalated to %s", done.stage.value)
-            if done.letter_id is None:
-                return RedirectResponse(f"/families/{quote(key, safe='')}", status_code=303)
-            return RedirectResponse(f"/letters/{done.letter_id}", status_code=303)
-        return await self._guarded(request, act)
+            return f"/letters/{done.letter_id}" if done.letter_id is not None else ""
+        return await self._family_act(request, self._escalate_page, act)
 
     async def letter(self, request: Request) -> Response:
         async def page(session: Session, viewer: Viewer) -> Response:

@@ -12,7 +12,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.integration.test_console_browser import ARGS, CHROMIUM, OTHER_HEAD, Setup, poll, raw, sign_in, sync_api
+# `browser` is the console tests' own fixture, on this module's `setup`.
+from tests.integration.test_console_browser import CHROMIUM, OTHER_HEAD, Setup, browser, poll, raw, sign_in  # noqa: F401
 from tests.support import HEAD, STAFF
 
 pytestmark = [pytest.mark.timeout(240),
@@ -33,14 +34,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture(scope="module")
-def browser(setup: Setup) -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def test_plan_and_block_from_the_family_page_and_their_pages(setup: Setup, browser: Any) -> None:
