@@ -18,7 +18,9 @@ from starlette.responses import RedirectResponse, Response
 
 from gateway import casework as services
 from gateway.services import ServiceError
-from gateway.web.base import PageBase
+from gateway.domain.states import State
+from gateway.store import console as queries
+from gateway.web.base import PAGE_SIZE, PageBase
 from gateway.web.identity import HEAD, Viewer
 from gateway.web.security import Session
 
@@ -59,7 +61,10 @@ class CaseworkPages(PageBase):
             shown = [{"v": v, "until": self._when(v.until), "since": self._when(v.created_at),
                       "lifted": self._when(v.lifted_at),
                       "quoted": quote(v.family_id or v.address or "", safe="")} for v in items]
-            return self._page("blocks.html", session, items=shown)
+            schools = viewer.schools(HEAD)
+            kept = await self.rt.db.run(lambda s: queries.messages_in(s, schools, State.BLOCKED.value,
+                                                                      limit=PAGE_SIZE)) if schools else []
+            return self._page("blocks.html", session, items=shown, kept=[self._item(i) for i in kept])
         return await self._guarded(request, page)
 
     async def _family(self, viewer: Viewer, key: str) -> services.FamilyRef | None:

@@ -3,6 +3,7 @@ the workers and a sink, on a fixed clock."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import date, timedelta
@@ -285,5 +286,10 @@ def test_cli_plan_block_escalate_and_lists(tmp_path: Path):
     assert "no blocks in force" in cli("blocks").stdout
     r = cli("escalate", "F-GRANT", "--stage", "warning", "--note", "Second abusive email")
     assert r.returncode == 0 and "Lee Grant" in r.stdout and "Mia" in r.stdout and "Oakfield" in r.stdout
+    edited = subprocess.run([sys.executable, "-m", "gateway", "--config", str(cfg), "escalate", "F-GRANT", "--stage",
+                             "meeting", "--note", "Let us meet", "--edit", "--actor", "head"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "VISUAL": "", "EDITOR": "sed -i s/Dear/Hello/"})
+    assert edited.returncode == 0 and "Hello Lee Grant" in edited.stdout and "Dear" not in edited.stdout
     r = cli("escalate", "F-GRANT", "--stage", "legal-advice", "--note", "LA legal team")
     assert r.returncode == 0 and "no letter" in r.stdout

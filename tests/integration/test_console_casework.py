@@ -69,6 +69,10 @@ def test_plan_and_block_from_the_family_page_and_their_pages(setup: Setup, brows
     row = page.locator("table.blocks tbody tr").first
     assert LEE in row.inner_text() and "in force" in row.inner_text()
     assert row.locator("td").nth(3).inner_text().strip() == "1"
+    # The kept message is listed, and its page opens for the Head.
+    page.locator("ul.kept").get_by_role("link", name="Trip").click()
+    page.wait_for_url(re.compile(re.escape(setup.base) + r"/messages/\d+$"))
+    assert "Still waiting." in page.content() and "blocked sender" in page.content()
     assert not [r for r in setup.sink.to(STAFF) if b"cw-blocked" in r.data]
 
     # Lift it, and end the plan.
