@@ -311,3 +311,20 @@ async def test_judged_mail_is_moved_before_the_rest_of_a_large_sync_is_fetched(s
     assert stored_when_moved <= 150, "the move waited for the backlog"
     assert count(server, "teacher1", HELD) == 1 and count(server, "teacher1", "INBOX") == total - 1
     assert port.duplicates[box.name] == 0
+
+
+def test_imap_settings_have_defaults_and_are_checked(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, load
+    base = ('[gateway]\npostmaster = "pm@school.example"\n[[schools]]\nid = "s"\ndomains = ["school.example"]\n'
+            'head_of_school = "head@school.example"\noffice = "office@school.example"\ndsl = "dsl@school.example"\n')
+    path = tmp_path / "c.toml"
+    path.write_text(base)
+    settings = load(path).imap
+    assert (settings.connect_concurrency, settings.reconnect_max_seconds) == (20, 300)
+    path.write_text("[imap]\nconnect_concurrency = 5\nreconnect_max_seconds = 60\n" + base)
+    settings = load(path).imap
+    assert (settings.connect_concurrency, settings.reconnect_max_seconds) == (5, 60)
+    path.write_text("[imap]\nconnect_concurrency = 0\n" + base)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert err.value.key == "imap.connect_concurrency" and "at least 1" in err.value.problem
