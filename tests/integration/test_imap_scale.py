@@ -328,3 +328,19 @@ def test_imap_settings_have_defaults_and_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load(path)
     assert err.value.key == "imap.connect_concurrency" and "at least 1" in err.value.problem
+
+
+async def test_a_move_cuts_a_polling_wait_short_on_a_server_without_idle(server: Dovecot) -> None:
+    from datetime import date, timedelta
+    with IMAPClient(server.host, port=server.port, ssl=False, timeout=30) as client:
+        client.login("teacher1", server.users["teacher1"])
+        client.append("INBOX", message(1))
+    box = config(server, "teacher1", backfill_since=date(2000, 1, 1), poll_interval=timedelta(seconds=30))
+    port = MemoryPort()
+    w = MailboxWatcher(box, port, now=lambda: SATURDAY, session_factory=lambda: ImapSession(box, disable=["IDLE"]))
+    async with watching([w]):
+        await eventually(lambda: w.state == "polling" and len(port.ids(box.name)) == 1, "polling")
+        started = time.monotonic()
+        await w.move(MoveRequest("<m1@parent.test>", sha(message(1)), "INBOX", HELD, False))
+        assert time.monotonic() - started < 5, "the move waited for the next poll"
+    assert count(server, "teacher1", HELD) == 1
