@@ -137,9 +137,9 @@ class MailboxConfig:
 
 @dataclass(frozen=True)
 class ImapConfig:
-    """How IMAP mode treats the server as a whole: at most `connect_concurrency` connections being
-    opened at once (start-up, reconnects), and reconnects backed off exponentially with full jitter
-    from 1 s up to `reconnect_max_seconds`."""
+    """How IMAP mode treats the servers: at most `connect_concurrency` connections being opened at
+    once to each server (host and port; start-up, reconnects), and reconnects backed off exponentially
+    with full jitter from 1 s up to `reconnect_max_seconds`."""
 
     connect_concurrency: int = 20
     reconnect_max_seconds: int = 300

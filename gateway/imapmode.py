@@ -65,8 +65,8 @@ def submission_transport(config: Config) -> Transport | None:
 class ImapMode:
     """One watcher (one connection, one thread) per configured mailbox; the pipeline's moves run on it.
 
-    Watchers open their connections at most `[imap] connect_concurrency` at a time, so a thousand
-    mailboxes start in waves rather than all at once, and reconnect with jittered backoff.
+    Watchers open their connections at most `[imap] connect_concurrency` at a time per server, so a
+    thousand mailboxes start in waves rather than all at once, and reconnect with jittered backoff.
     """
 
     def __init__(self, rt: Runtime, *, rng: random.Random | None = None) -> None:
@@ -79,9 +79,13 @@ class ImapMode:
 
     def start(self) -> None:
         settings = self.rt.config.imap
-        gate = asyncio.Semaphore(settings.connect_concurrency)
+        # One gate per server: a server that does not answer (each attempt waiting out its timeout) holds
+        # up only the mailboxes on it, never those on another server.
+        gates: dict[tuple[str, int], asyncio.Semaphore] = {}
         began = time.monotonic()
         for mailbox in self.rt.config.mailboxes:
+            gate = gates.setdefault((mailbox.host.lower(), mailbox.port),
+                                    asyncio.Semaphore(settings.connect_concurrency))
             watcher = MailboxWatcher(mailbox, self.port, now=self.rt.clock.now, on_stored=self.rt.wake_triage,
                                      backoff=(1.0, float(settings.reconnect_max_seconds)), connect_gate=gate,
                                      rng=self._rng)
