@@ -7,6 +7,7 @@ Messages are flagged by a school's own phrase rules (`finding = "possible-safegu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -57,11 +58,11 @@ FAMILIES = ("family_id,email,parent_name,child_name,year_group,school\n"
             "F17,mum.patel@example.com,Priya Patel,Ali Rahman,Year 3,oakfield\n")
 
 
-def school_config(tmp_path: Path, sink: Sink) -> Path:
+def school_config(tmp_path: Path, sink: Sink, database: str | None = None) -> Path:
     rules = tmp_path / "rules"
     shutil.copytree(default_rules_dir(), rules)
     (rules / "school-flags.toml").write_text(FLAG_RULES, encoding="utf-8")
-    return write_config(tmp_path / "gw", sink_port=sink.port, calendar=school_calendar(),
+    return write_config(tmp_path / "gw", sink_port=sink.port, calendar=school_calendar(), database=database,
                         gateway_extra=os.environ.get("PG_TEST_GATEWAY_EXTRA", "") + f'\nrules_dir = "{rules}"\n',
                         extra='[acknowledge]\nenabled = false\n\n'
                               '[console]\nlisten = "127.0.0.1:8025"\nbase_url = "https://console.test"\n')
@@ -155,8 +156,9 @@ async def test_unflagged_mail_makes_no_digest(school, sink):
     assert sink.to(DSL) == [] and len(sink.to(STAFF)) == 1
 
 
-async def test_a_restart_between_triage_and_the_digest_loses_nothing_and_lists_nothing_twice(tmp_path, sink):
-    cfg = school_config(tmp_path, sink)
+async def test_a_restart_between_triage_and_the_digest_loses_nothing_and_lists_nothing_twice(tmp_path, sink,
+                                                                                            database_url):
+    cfg = school_config(tmp_path, sink, database_url)
     gw = await started(cfg, utc(2026, 11, 23, 10, 0))
     assert (await gw.send(message(subject="Ali", body=FLAGGED)))[0] == 250
     await gw.settle()
@@ -241,3 +243,25 @@ def test_triage_json_and_show_carry_both_flags(tmp_path, sink):
     assert {"possible-safeguarding", "needs-interpreter"} <= set(result["flags"])
     assert result["route"] == "staff"
     assert any(r["rule"] == "child-staying-while-parents-abroad" for r in result["reasons"])
+
+
+async def test_two_gateways_sweeping_at_once_write_one_digest(tmp_path, sink, pg_url):
+    from gateway.app import build_runtime, load_all
+    cfg = school_config(tmp_path, sink, pg_url)
+    gw = await started(cfg, utc(2026, 11, 28, 10, 0))
+    config, rules = load_all(cfg)
+    other = build_runtime(config, rules, clock=FixedClock(utc(2026, 11, 28, 10, 0)))
+    try:
+        for n in range(3):
+            assert (await gw.send(message(subject=f"Note {n}", body=FLAGGED)))[0] == 250
+        await gw.settle()
+        ids = [row.id for row in gw.messages()]
+        written = await asyncio.gather(DigestWorker(gw.rt).run_once(), DigestWorker(other).run_once())
+        assert sorted(written) == [0, 1]
+        await gw.settle()
+        [text] = digests(sink)
+        assert all(f"/messages/{i}" in text for i in ids)
+        assert all(len(gw.rt.db.transact(lambda s, i=i: digested_in(s, i))) == 1 for i in ids)
+    finally:
+        other.db.close()
+        await gw.stop()
