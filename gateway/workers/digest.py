@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from gateway.act.concerns import DigestEntry, compose_dsl_digest
 from gateway.config import SchoolConfig
 from gateway.decide.acknowledge import make_message_id
-from gateway.decide.digest import digest_cutoff
+from gateway.decide.digest import digest_cutoff, wants_digest
 from gateway.domain.findings import Flag
 from gateway.store import memory
 from gateway.store.digests import lock_digests, record_digest, scan_floor, undigested
@@ -56,7 +56,8 @@ class DigestWorker:
         for school in rt.config.schools:
             cutoff = digest_cutoff(school.calendar, now)
             lock_digests(session, school.id)
-            rows = undigested(session, school.id, from_id=start)
+            # The query's match on the flags' text only narrows the rows; the decision is `wants_digest`.
+            rows = [row for row in undigested(session, school.id, from_id=start) if wants_digest(row.route, row.flags)]
             due = [row for row in rows if row.received_at <= cutoff]
             later = [row.id for row in rows if row.received_at > cutoff]
             floor = min([floor] + later)

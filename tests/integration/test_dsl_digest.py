@@ -26,31 +26,13 @@ from gateway.store.digests import digested_in
 from gateway.triage.rules import default_rules_dir
 from gateway.workers.digest import DigestWorker
 from tests.conftest import utc
+from tests.rules.test_rule_files import INTERPRETER_RULE, POSSIBLE_RULE
 from tests.support import DSL, OFFICE, STAFF, InProcessGateway, Sink, message, school_calendar, wire, write_config
 
-FLAG_RULES = '''
-[[rule]]
-name = "child-staying-while-parents-abroad"
-finding = "possible-safeguarding"
-description = "A child from another family staying for weeks while the parents are away (private fostering)."
-phrases = ['staying with (us|me) .{0,40}while (his|her|their) (parents|mum|dad) (are|is) (abroad|away)']
-
-[[rule.example]]
-text = "Ali is staying with us for a few weeks while his parents are abroad."
-expect = "possible-safeguarding"
-
-[[rule]]
-name = "written-in-ethiopic-script"
-finding = "needs-interpreter"
-description = "Tigrinya or Amharic: nobody at the school reads them."
-phrases = ['[\\u1200-\\u137f]{3,}']
-
-[[rule.example]]
-text = "ሰላም መምህር"
-expect = "needs-interpreter"
-'''
-FLAGGED = ("Hello Mr Smith, just to let you know Ali is staying with us for a few weeks while his parents "
-           "are abroad. Could he join the chess club on Thursdays? Thanks, Priya\n")
+# A school's own flag rules: a possible concern (private fostering) and a script nobody reads.
+FLAG_RULES = POSSIBLE_RULE.format(extra="") + INTERPRETER_RULE
+FLAGGED = ("Hello Mr Smith, just to let you know Ali is staying with us while his parents are abroad for a few "
+           "weeks. Could he join the chess club on Thursdays? Thanks, Priya\n")
 ROUTINE = "Hello, could Maya have a new reading book please? Thanks\n"
 ETHIOPIC = "ሰላም መምህር፣ ወደይ ብዛዕባ ናይ ገዛ ዕዮ ሕቶ ኣለዎ። የቐንየለይ\n"
 FAMILIES = ("family_id,email,parent_name,child_name,year_group,school\n"
@@ -110,7 +92,7 @@ async def test_flagged_monday_10am_mail_reaches_the_teacher_now_and_the_1pm_dige
     assert await digest_now(school, worker) == 1
     [text] = digests(sink)
     assert f"https://console.test/messages/{row.id}" in text
-    assert "child-staying-while-parents-abroad" in text and "while his parents are abroad" in text
+    assert "left-with-friends-abroad" in text and "while his parents are abroad" in text
     assert "the Patel family (children: Maya Patel, Ali Rahman)" in text
     assert STAFF in text and "mum.patel@example.com" in text and "Monday 23 November 2026, 10:00" in text
     # Nothing of the message beyond the evidence: not its subject, not the rest of its body.
@@ -242,7 +224,7 @@ def test_triage_json_and_show_carry_both_flags(tmp_path, sink):
     result = json.loads(run.stdout)
     assert {"possible-safeguarding", "needs-interpreter"} <= set(result["flags"])
     assert result["route"] == "staff"
-    assert any(r["rule"] == "child-staying-while-parents-abroad" for r in result["reasons"])
+    assert any(r["rule"] == "left-with-friends-abroad" for r in result["reasons"])
 
 
 async def test_two_gateways_sweeping_at_once_write_one_digest(tmp_path, sink, pg_url):
