@@ -24,6 +24,8 @@ def _action(src: str | None, dst: str, reason: str) -> str:
     """An event as a line of the activity page (the reason is the operator's own words)."""
     if reason.startswith(("replied", "forwarded", "seen by")):
         return reason.split(" by ", 1)[0] if reason.startswith("seen") else reason.split(":")[0]
+    if reason.startswith("incident recorded"):
+        return reason.rsplit(" by ", 1)[0]
     if dst == State.DISMISSED.value:
         return "dismissed" + (": " + reason.split(": ", 1)[1] if ": " in reason else "")
     if src == State.IN_REVIEW.value:

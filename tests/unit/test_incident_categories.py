@@ -35,3 +35,9 @@ def test_the_summary_is_rule_names_with_a_few_words_of_evidence():
     parts = text.split("; ")
     assert parts[0] == "abusive-language: useless" and parts[2] == "family-half-term-limit"
     assert parts[1].startswith("long-message: word word") and parts[1].endswith("…") and len(parts[1]) < 80
+
+
+def test_the_activity_page_names_an_incident_recorded_by_hand_without_repeating_who():
+    from gateway.web.roles import _action
+    assert _action("in_review", "in_review", "incident recorded (plan breach) by head@school.example") == \
+        "incident recorded (plan breach)"
