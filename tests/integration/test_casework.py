@@ -41,8 +41,9 @@ def _import(cfg: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def school(tmp_path: Path, sink: Sink):
-    cfg = write_config(tmp_path, sink_port=sink.port, calendar=school_calendar())
+async def school(tmp_path: Path, sink: Sink, database_url: str):
+    """On SQLite and on PostgreSQL (when reachable)."""
+    cfg = write_config(tmp_path, sink_port=sink.port, calendar=school_calendar(), database=database_url)
     _import(cfg, tmp_path)
     # Wednesday 9 December 2026, 12:00 (Autumn 2, open).
     gw = await InProcessGateway(cfg, FixedClock(utc(2026, 12, 9, 12, 0))).start()
