@@ -29,11 +29,14 @@ from gateway.workers.runtime import Runtime
 log = logging.getLogger("parentgate.digest")
 # The digest lists the words that flagged the message; these findings say why it may be a concern.
 _CONCERNS = (Flag.POSSIBLE_SAFEGUARDING.value, Flag.SAFEGUARDING.value)
+# At most this many messages in one digest email; more are listed in further emails of the same sweep.
+DIGEST_MAX = 50
 
 
 class DigestWorker:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, *, most: int = DIGEST_MAX) -> None:
         self.rt = rt
+        self._most = most
         # Where the next sweep starts reading (see `store.digests.scan_floor`). Only with SQLite, whose
         # single writer hands out ids in commit order; PostgreSQL may commit a lower id later, so
         # there every sweep reads from the start (its table rows are small: the bytes live apart).
@@ -61,18 +64,19 @@ class DigestWorker:
             due = [row for row in rows if row.received_at <= cutoff]
             later = [row.id for row in rows if row.received_at > cutoff]
             floor = min([floor] + later)
-            if not due:
-                continue
-            try:
-                with session.begin_nested():
-                    record_digest(session, due, self._digest_row(session, school, due, now), now)
-            except Exception as exc:  # noqa: BLE001 - one school's failure must not stop the others'
-                log.error("the DSL's digest for %s could not be written (%s); the next sweep tries again",
-                          school.id, exc.__class__.__name__)
-                floor = min(floor, due[0].id)
-                continue
-            written += 1
-            log.info("DSL digest for %s: %d message(s) %s", school.id, len(due), ",".join(str(r.id) for r in due))
+            # A long list is split so that each email stays readable; every message is still in one.
+            for part in (due[i:i + self._most] for i in range(0, len(due), self._most)):
+                try:
+                    with session.begin_nested():
+                        record_digest(session, part, self._digest_row(session, school, part, now), now)
+                except Exception as exc:  # noqa: BLE001 - one school's failure must not stop the others'
+                    log.error("the DSL's digest for %s could not be written (%s); the next sweep tries again",
+                              school.id, exc.__class__.__name__)
+                    floor = min(floor, part[0].id)
+                    break
+                written += 1
+                log.info("DSL digest for %s: %d message(s) %s", school.id, len(part),
+                         ",".join(str(r.id) for r in part))
         return written, floor
 
     def _digest_row(self, session: Session, school: SchoolConfig, rows: list[MessageRow], now: datetime) -> OutboxRow:

@@ -129,6 +129,25 @@ async def test_two_flagged_messages_share_one_digest_and_routine_mail_is_not_lis
     assert text.startswith("2 messages to Oakfield Primary School")
 
 
+async def test_a_long_list_is_split_into_several_digests_each_message_in_one(tmp_path, sink):
+    # Without the console, each entry says how to look at the message on the server.
+    cfg = school_config(tmp_path, sink)
+    cfg.write_text(cfg.read_text().replace('[console]\nlisten = "127.0.0.1:8025"\nbase_url = "https://console.test"\n', ""))
+    gw = await started(cfg, utc(2026, 11, 28, 10, 0))
+    try:
+        for n in range(3):
+            assert (await gw.send(message(subject=f"Note {n}", body=FLAGGED)))[0] == 250
+        await gw.settle()
+        ids = [row.id for row in gw.messages()]
+        assert await digest_now(gw, DigestWorker(gw.rt, most=2)) == 2
+        texts = digests(sink)
+        assert sorted(sum(f"parentgate show {i}" in t for t in texts) for i in ids) == [1, 1, 1]
+        assert texts[0].startswith("2 messages") and texts[1].startswith("1 message ")
+        assert await digest_now(gw, DigestWorker(gw.rt, most=2)) == 0
+    finally:
+        await gw.stop()
+
+
 async def test_unflagged_mail_makes_no_digest(school, sink):
     assert (await school.send(message(body=ROUTINE)))[0] == 250
     await school.settle()
