@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -266,3 +267,38 @@ async def test_two_gateways_sweeping_at_once_write_one_digest(tmp_path, sink, pg
     finally:
         other.db.close()
         await gw.stop()
+
+
+CLOSED_FOR_YEARS = ('[schools.hours]\nopen = "08:00"\nclose = "17:00"\ndays = ["mon", "tue", "wed", "thu", "fri"]\n\n'
+                    '[[schools.half_terms]]\nname = "Later"\nstart = 2034-01-02\nend = 2034-02-10\n\n'
+                    '[schools.closures]\ninset_days = []\nbank_holidays = "ENG"\n')
+
+
+@pytest.mark.timeout(240)
+def test_the_daemon_sends_the_digest_by_itself_on_a_closed_day(tmp_path, sink):
+    """The scheduler's own tick, in the real daemon: the school is closed today (its term is years
+    away), so a flagged message is held for the teacher and in the DSL's digest within a tick."""
+    from tests.integration.test_crash import start_daemon
+    from tests.integration.test_metrics import stop
+    from tests.support import free_port
+    rules = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), rules)
+    (rules / "school-flags.toml").write_text(FLAG_RULES, encoding="utf-8")
+    port = free_port()
+    cfg = write_config(tmp_path / "gw", smtp_port=port, sink_port=sink.port, calendar=CLOSED_FOR_YEARS,
+                       gateway_extra=os.environ.get("PG_TEST_GATEWAY_EXTRA", "") + f'\nrules_dir = "{rules}"\n',
+                       extra="[acknowledge]\nenabled = false\n")
+    proc = start_daemon(cfg, port, tmp_path / "daemon.log")
+    try:
+        import smtplib
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            s.sendmail("mum.patel@example.com", [STAFF], wire(message(subject="Ali", body=FLAGGED)))
+        deadline = time.monotonic() + 120
+        while not sink.to(DSL) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [digest] = sink.to(DSL)
+        text = digest.message.get_content()
+        assert "left-with-friends-abroad" in text and "parentgate show 1" in text
+        assert sink.to(STAFF) == []
+    finally:
+        stop(proc)
