@@ -54,7 +54,7 @@ RESYNC_WINDOW = timedelta(days=7)
 THROTTLE_FACTOR = 8.0
 # A move waits this long at most for its mailbox's watcher to (re)connect; then it fails temporarily and
 # the outbox retries it, so that one unreachable mailbox never holds the delivery worker's slots.
-MOVE_WAIT_S = 15.0
+MOVE_WAIT_S = 30.0
 # UIDs of recently fetched messages, by content hash, per watcher: a move of one of them needs no SEARCH.
 KNOWN_UIDS = 5000
 # Stack of each connection's thread: the IMAP work needs little, and a thousand mailboxes are a
@@ -164,9 +164,13 @@ class MailboxWatcher:
         self._folders_made = False
         self._retry_at = 0.0
         self._last_error: MailboxError | None = None
-        self.state = "stopped"
+        self._started = False
+        # "starting" until `run` begins: a move asked for meanwhile (the delivery worker starts first at
+        # start-up) waits for the connection instead of failing.
+        self.state = "starting"
 
     async def run(self) -> None:
+        self._started = True
         self._done.clear()
         try:
             while not self._stopping.is_set():
@@ -205,7 +209,7 @@ class MailboxWatcher:
         self._nudge.set()
         if self._session is not None:
             self._session.wake()
-        if self.state != "stopped":
+        if self._started and not self._done.is_set():
             await self._done.wait()
 
     async def move(self, request: MoveRequest) -> None:
@@ -215,7 +219,7 @@ class MailboxWatcher:
         is in neither folder, MailboxError(temporary) when the mailbox is not connected within
         MOVE_WAIT_S or the connection fails meanwhile.
         """
-        if self.state == "stopped" or self._stopping.is_set():
+        if self._stopping.is_set() or (self._started and self._done.is_set()):
             raise MailboxError(True, f"{self.mailbox.name}: not watched (stopped); the move is retried later")
         if not self._ready.is_set():
             wait = self._retry_at - time.monotonic()

@@ -344,3 +344,22 @@ async def test_a_move_cuts_a_polling_wait_short_on_a_server_without_idle(server:
         await w.move(MoveRequest("<m1@parent.test>", sha(message(1)), "INBOX", HELD, False))
         assert time.monotonic() - started < 5, "the move waited for the next poll"
     assert count(server, "teacher1", HELD) == 1
+
+
+async def test_a_move_asked_for_before_the_watcher_has_connected_waits_for_it(server: Dovecot) -> None:
+    """At start-up the delivery worker runs before the watchers connect: moves pending from before a
+    restart wait for their mailbox's connection rather than fail and wait for the outbox's retry."""
+    with IMAPClient(server.host, port=server.port, ssl=False, timeout=30) as client:
+        client.login("teacher1", server.users["teacher1"])
+        client.append("INBOX", message(1))
+    box = config(server, "teacher1")
+    w = MailboxWatcher(box, MemoryPort(), now=lambda: SATURDAY)
+    move = asyncio.create_task(w.move(MoveRequest("<m1@parent.test>", sha(message(1)), "INBOX", HELD, False)))
+    await asyncio.sleep(0.2)
+    assert not move.done()
+    async with watching([w]):
+        await asyncio.wait_for(move, 15)
+    assert count(server, "teacher1", HELD) == 1
+    # A watcher stopped before it ever ran stops at once.
+    idle = MailboxWatcher(box, MemoryPort(), now=lambda: SATURDAY)
+    await asyncio.wait_for(idle.stop(), 1)
