@@ -29,6 +29,7 @@ MAX_JUDGED = 200_000
 # A message in a language the model was trained on still needs an interpreter when fewer than this
 # share of its words were ever seen in training (a dialect or script the training mail lacks).
 INTERPRETER_KNOWN_SHARE = 0.5
+WELL_KNOWN_SHARE = 0.8
 # Findings in the order a Head of School should read them.
 _ORDER = (Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL, Flag.URGENT, Flag.WORRIED,
           Flag.POSSIBLE_SAFEGUARDING, Flag.NEEDS_INTERPRETER)
@@ -181,8 +182,11 @@ def interpreter_reason(rules: RuleSet, view: RuleView, words: list[tuple[str, in
     if language in rules.languages:
         return None
     model = rules.model
-    if model is not None and language in model.languages and model.known_share(words) >= INTERPRETER_KNOWN_SHARE:
-        return None
+    if model is not None:
+        known = model.known_share(words)
+        # Covered, or (a language identified wrongly, as romanised text often is) words the model knows.
+        if (language in model.languages and known >= INTERPRETER_KNOWN_SHARE) or known >= WELL_KNOWN_SHARE:
+            return None
     name = language or "an unidentified language"
     return Reason("needs-interpreter", Flag.NEEDS_INTERPRETER,
                   f"written in {name}, which parentgate cannot judge; the office arranges an interpreter")
