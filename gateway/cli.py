@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
                                                       "a rules_dir reads it from its models/ folder")
     mt.add_argument("--rules", help="the rules directory whose signals the model learns from "
                                     "(default: the shipped rules)")
+    mt.add_argument("--tune-on", nargs="+", metavar="FOLDER",
+                    help="choose the thresholds on these folders' cross-validated results (default: all); "
+                         "name folders the rules were not written against")
     ib = command(imapsub, "backfill", "offer a mailbox's mail since a date to triage")
     ib.add_argument("mailbox", help="the mailbox's name or username")
     ib.add_argument("--since", type=date.fromisoformat, required=True, metavar="YYYY-MM-DD",
