@@ -1,6 +1,6 @@
 """Route and tone quality of content triage on a labelled folder: precision, recall, F1, confusion.
 
-usage: python bench/triage_quality.py [DIR...] [--evidence] [--quiet]
+usage: python bench/triage_quality.py [DIR...] [--evidence] [--quiet] [--rules RULES_DIR]
 
 Each DIR holds *.eml files and labels.jsonl (one {"file", "route", "tone", ...} per line); the
 default is tests/corpus/dev. Each folder is reported on its own, then all of them together when
@@ -129,11 +129,17 @@ def summarise(title: str, rows: list[Row], *, show_evidence: bool = False, quiet
 
 
 def main(argv: list[str]) -> int:
+    rules_dir = default_rules_dir()
+    if "--rules" in argv:
+        at = argv.index("--rules")
+        rules_dir = Path(argv[at + 1])
+        argv = argv[:at] + argv[at + 2:]
     args = [a for a in argv if not a.startswith("--")]
     show_evidence = "--evidence" in argv
     quiet = "--quiet" in argv
     folders = [Path(a) for a in args] or [ROOT / "tests" / "corpus" / "dev"]
-    rules = load_rules(default_rules_dir())
+    rules = load_rules(rules_dir)
+    print(f"rules {rules_dir} (digest {rules.digest[:12]}; model {rules.model.digest[:12] if rules.model else None})")
     every: list[Row] = []
     for folder in folders:
         every += measure(folder, rules, show_evidence=show_evidence, quiet=quiet)

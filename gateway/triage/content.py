@@ -18,7 +18,7 @@ from datetime import datetime
 from gateway.domain.facts import Facts
 from gateway.domain.findings import ContentFindings, Flag, Reason, Tone
 from gateway.triage.matching import Passage
-from gateway.triage.learned import TriageModel, time_signal
+from gateway.triage.learned import TriageModel, Vector, time_signal
 from gateway.triage.rules import RuleSet
 from gateway.triage.signals import hostile_sentiment, language_reason, shouting_reasons, unreadable_reasons
 
@@ -28,8 +28,8 @@ _REPLY_SUBJECT = re.compile(r"^\s*(re|fwd?|aw|wg|sv|vs|tr|rv|odp|res|enc|r)\s*(\
 MAX_JUDGED = 200_000
 # A message in a language the model was trained on still needs an interpreter when fewer than this
 # share of its words were ever seen in training (a dialect or script the training mail lacks).
-INTERPRETER_KNOWN_SHARE = 0.5
-WELL_KNOWN_SHARE = 0.8
+INTERPRETER_KNOWN_SHARE = 0.15
+WELL_KNOWN_SHARE = 0.45
 # Findings in the order a Head of School should read them.
 _ORDER = (Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL, Flag.URGENT, Flag.WORRIED,
           Flag.POSSIBLE_SAFEGUARDING, Flag.NEEDS_INTERPRETER)
@@ -126,8 +126,9 @@ def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
             reasons.extend(hits + signs)
     words: list[tuple[str, int, int]] = []
     if rules.model is not None:
-        words, vec = rules.model.vector(view.text)
-        added = model_reasons(rules.model, view, words, vec, facts.date, found)
+        vector = rules.model.vector(view.text)
+        words = vector.words
+        added = model_reasons(rules.model, view, vector, facts.date, found)
         found.update(r.flag for r in added)
         reasons.extend(added)
         reasons.sort(key=lambda r: _RANK.get(r.flag, len(_RANK)))
@@ -148,8 +149,8 @@ _DECIDES = {"safeguarding": Flag.SAFEGUARDING, "abusive": Flag.ABUSIVE, "negativ
             "personal": Flag.PERSONAL, "urgent": Flag.URGENT}
 
 
-def model_reasons(model: TriageModel, view: RuleView, words: list[tuple[str, int, int]], vec: dict[int, float],
-                  sent: datetime | None, found: set[Flag]) -> list[Reason]:
+def model_reasons(model: TriageModel, view: RuleView, vector: Vector, sent: datetime | None,
+                  found: set[Flag]) -> list[Reason]:
     """What the learned model adds to the rules: a finding the rules missed, with the words that
     weighed most; and, for safeguarding, the lower "possible concern" tier for the DSL's digest.
 
@@ -157,18 +158,18 @@ def model_reasons(model: TriageModel, view: RuleView, words: list[tuple[str, int
     """
     signals = view.signals(sent)
     added: list[Reason] = []
-    scores = model.scores(vec, signals)
+    scores = model.scores(vector, signals)
     for name, flag in _DECIDES.items():
         if flag in found:
             continue
         decision = model.decisions[name]
         p = scores[name]
         if p >= decision.threshold:
-            added.append(Reason(f"model:{name}", flag, model.evidence(name, view.text, words, vec)
+            added.append(Reason(f"model:{name}", flag, model.evidence(name, view.text, vector)
                                 + f" (model {p:.2f})"))
         elif decision.possible is not None and p >= decision.possible and flag is Flag.SAFEGUARDING:
             added.append(Reason(f"model:{name}", Flag.POSSIBLE_SAFEGUARDING,
-                                model.evidence(name, view.text, words, vec) + f" (model {p:.2f})"))
+                                model.evidence(name, view.text, vector) + f" (model {p:.2f})"))
     return added
 
 

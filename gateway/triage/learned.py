@@ -131,12 +131,17 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class Score:
-    """One decision's probability and the words that weighed most for it."""
+class Vector:
+    """A message as the model sees it: its words (folded, with where each stands in the text), the
+    tf-idf value of each known n-gram before normalising, the norm, and the dot products."""
 
-    decision: str
-    probability: float
-    evidence: str
+    words: list[tuple[str, int, int]]
+    raw: dict[int, float]
+    norm: float
+    dots: tuple[float, ...]
+
+    def normalised(self) -> dict[int, float]:
+        return {i: v / self.norm for i, v in self.raw.items()}
 
 
 @dataclass(frozen=True)
@@ -147,28 +152,35 @@ class TriageModel:
     idf: tuple[float, ...] = field(repr=False, compare=False, hash=False)
     decisions: dict[str, Decision] = field(repr=False, compare=False, hash=False)
     languages: frozenset[str] = frozenset()
-    # The weights by term: rows[i][k] is term i's weight for DECISIONS[k].
-    rows: tuple[tuple[float, ...], ...] = field(default=(), repr=False, compare=False, hash=False)
+    # term → (index, idf, its weight for each of DECISIONS in order): one look-up per n-gram.
+    table: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False, hash=False)
     summary: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
-    def vector(self, text: str) -> tuple[list[tuple[str, int, int]], dict[int, float]]:
-        """The message's words and its tf-idf vector (index → value), normalised to length 1."""
+    def vector(self, text: str) -> Vector:
+        """The message's words, its tf-idf vector and its dot product with each decision's weights,
+        in one pass over the n-grams (in text order, so the same message sums in the same order on
+        every run and machine)."""
         words = tokens(text)
         counts = ngrams([t for t, _, _ in words])
-        vec: dict[int, float] = {}
-        index, idf = self.index, self.idf
-        squares = 0.0
+        table = self.table
+        raw: dict[int, float] = {}
+        squares = a = b = c = d = e = 0.0
+        log = math.log
         for term, count in counts.items():
-            i = index.get(term)
-            if i is not None:
-                v = idf[i] if count == 1 else (1.0 + math.log(count)) * idf[i]
-                vec[i] = v
-                squares += v * v
-        if squares > 0:
-            norm = math.sqrt(squares)
-            for i in vec:
-                vec[i] /= norm
-        return words, vec
+            entry = table.get(term)
+            if entry is None:
+                continue
+            i, idf, w0, w1, w2, w3, w4 = entry
+            v = idf if count == 1 else (1.0 + log(count)) * idf
+            raw[i] = v
+            squares += v * v
+            a += v * w0
+            b += v * w1
+            c += v * w2
+            d += v * w3
+            e += v * w4
+        norm = math.sqrt(squares) if squares > 0 else 1.0
+        return Vector(words=words, raw=raw, norm=norm, dots=(a / norm, b / norm, c / norm, d / norm, e / norm))
 
     def known_share(self, words: list[tuple[str, int, int]]) -> float:
         """How many of the message's words the model has seen in training (0 to 1)."""
@@ -176,36 +188,27 @@ class TriageModel:
             return 1.0
         return sum(1 for w, _, _ in words if ("w " + w) in self.index) / len(words)
 
-    def scores(self, vec: dict[int, float], signals: frozenset[str]) -> dict[str, float]:
-        """Every decision's probability, in one pass over the vector (in text order, so the same
-        message sums in the same order on every run and machine), rounded before any comparison."""
-        rows = self.rows
-        a = b = c = d = e = 0.0
-        for i, v in vec.items():
-            r = rows[i]
-            a += v * r[0]
-            b += v * r[1]
-            c += v * r[2]
-            d += v * r[3]
-            e += v * r[4]
-        totals = (a, b, c, d, e)
+    def scores(self, vector: Vector, signals: frozenset[str]) -> dict[str, float]:
+        """Every decision's probability, rounded before any comparison."""
         result: dict[str, float] = {}
         present = sorted(signals)
         for k, name in enumerate(DECISIONS):
             decision = self.decisions[name]
-            total = decision.bias + totals[k] + sum(decision.signal_weights.get(s, 0.0) for s in present)
+            total = decision.bias + vector.dots[k] + sum(decision.signal_weights.get(s, 0.0) for s in present)
             total = max(-50.0, min(50.0, total))
             result[name] = round(1.0 / (1.0 + math.exp(-total)), _ROUND)
         return result
 
-    def evidence(self, decision: str, text: str, words: list[tuple[str, int, int]], vec: dict[int, float]) -> str:
+    def evidence(self, decision: str, text: str, vector: Vector) -> str:
         """The run of up to eight words that weighed most for `decision`, quoted from the message.
 
         Each term's part of the score is shared among its occurrences, and each occurrence among
         the words it belongs to; the window of words with the largest sum is quoted.
         """
+        words = vector.words
         if not words:
             return ""
+        vec = vector.normalised()
         weights = self.decisions[decision].weights
         index = self.index
         terms_of = [self._word_terms(word, words[k - 1][0] if k else None) for k, (word, _, _) in enumerate(words)]
@@ -307,9 +310,10 @@ def parse_model(path: Path, raw: bytes) -> TriageModel:
     languages = data.get("languages", {})
     if not isinstance(languages, dict):
         raise _fail(path, "'languages' must map language codes to counts")
-    rows = tuple(zip(*(decisions[name].weights for name in DECISIONS)))
+    table = {t: (i, idf_values[i], *(decisions[name].weights[i] for name in DECISIONS))
+             for i, t in enumerate(terms)}
     return TriageModel(digest=digest, path=str(path), index={t: i for i, t in enumerate(terms)}, idf=idf_values,
-                       decisions=decisions, rows=rows, languages=frozenset(languages),
+                       decisions=decisions, table=table, languages=frozenset(languages),
                        summary={"corpus": data.get("corpus", {}), "cross_validated": data.get("cross_validated", {})})
 
 

@@ -275,10 +275,10 @@ def _scores_of(model_data: dict, folder: Path) -> str:
     rows = []
     for path in sorted(folder.glob("*.eml")):
         text = parse_message(path.read_bytes()).new_text
-        words, vec = model.vector(text)
-        scores = model.scores(vec, frozenset({"time:before-school"}))
-        rows.append([path.name, scores, model.evidence("safeguarding", text, words, vec),
-                     sorted((i, round(v, 9)) for i, v in vec.items())])
+        vector = model.vector(text)
+        scores = model.scores(vector, frozenset({"time:before-school"}))
+        rows.append([path.name, scores, model.evidence("safeguarding", text, vector),
+                     sorted((i, round(v, 9)) for i, v in vector.normalised().items())])
     return json.dumps(rows, ensure_ascii=False, sort_keys=True)
 
 
