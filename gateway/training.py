@@ -240,7 +240,7 @@ def choose_thresholds(samples: list[Sample], probs: dict[str, list[float | None]
     the share of routine mail flagged for the DSL's digest within POSSIBLE_ROUTINE_SHARE."""
     chosen: dict[str, dict[str, float]] = {d: {"threshold": 0.5} for d in DECISIONS}
     chosen["safeguarding"]["possible"] = 0.5
-    grid = [round(0.05 * i, 2) for i in range(5, 20)]
+    grid = [round(0.05 * i, 2) for i in range(6, 20)]
     best = _objective(samples, probs, chosen)
     for _ in range(3):
         moved = False

@@ -12,8 +12,8 @@ rounded before they are compared with a threshold.
 Features are the same code at training and at inference (`features`): lower-cased words with the
 accents taken off (parents type "zle" for "źle"), word pairs, and character 3- to 5-grams within
 words, weighted by sublinear tf-idf and normalised; plus binary signals that are not normalised:
-which phrase rules fired (strong or weak), hostile sentiment aimed at staff, shouting, whether the
-text is English, and when it was sent relative to the school day.
+which phrase rules fired (strong or weak), hostile sentiment aimed at staff, shouting, and whether
+the text is English.
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 MODEL_FORMAT = "parentgate-triage-model/1"
 MODELS_DIR = "models"
@@ -38,7 +36,6 @@ DECISIONS = ("safeguarding", "abusive", "negative", "personal", "urgent")
 # Enough of a message to judge it; bounds the work a long message costs.
 MAX_CHARS = 4000
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?")
-_LONDON = ZoneInfo("Europe/London")
 _TOP_KEYS = frozenset({"format", "features", "terms", "idf", "signals", "decisions", "languages",
                        "corpus", "cross_validated", "digest"})
 _DECISION_KEYS = frozenset({"bias", "weights", "signal_weights", "threshold", "possible"})
@@ -90,27 +87,6 @@ def ngrams(words: list[str]) -> Counter[str]:
 
 def features(text: str) -> Counter[str]:
     return ngrams([t for t, _, _ in tokens(text)])
-
-
-def time_signal(sent: datetime | None) -> str:
-    """When the message was written, relative to a school day (UK time)."""
-    if sent is None:
-        return "time:unknown"
-    if sent.tzinfo is None:
-        return "time:unknown"
-    local = sent.astimezone(_LONDON)
-    if local.weekday() >= 5:
-        return "time:weekend"
-    minutes = local.hour * 60 + local.minute
-    if minutes < 6 * 60:
-        return "time:night"
-    if minutes < 8 * 60 + 45:
-        return "time:before-school"
-    if minutes < 15 * 60 + 15:
-        return "time:school-day"
-    if minutes < 21 * 60:
-        return "time:after-school"
-    return "time:night"
 
 
 def digest_of(data: dict[str, Any]) -> str:
