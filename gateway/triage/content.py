@@ -128,10 +128,13 @@ def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
         if hits or (signs and len(signs) >= thresholds.signs_needed[flag]):
             found.add(flag)
             reasons.extend(hits + signs)
-    words: list[tuple[str, int, int]] = []
-    if rules.model is not None:
-        vector = rules.model.vector(view.text)
-        words = vector.words
+    vector = rules.model.vector(view.text) if rules.model is not None else None
+    interpreter = None
+    if view.foreign is not None and Flag.NEEDS_INTERPRETER not in found:
+        interpreter = interpreter_reason(rules, view, vector.words if vector is not None else [])
+    # The model judges only what it can read: not a message that needs an interpreter.
+    if rules.model is not None and vector is not None and interpreter is None \
+            and Flag.NEEDS_INTERPRETER not in found:
         added = model_reasons(rules.model, view, vector, facts.date, found)
         found.update(r.flag for r in added)
         reasons.extend(added)
@@ -140,10 +143,8 @@ def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
 
     if view.foreign is not None:
         reasons.append(view.foreign)
-        if Flag.NEEDS_INTERPRETER not in found:
-            interpreter = interpreter_reason(rules, view, words)
-            if interpreter is not None:
-                reasons.append(interpreter)
+        if interpreter is not None:
+            reasons.append(interpreter)
     reasons.extend(unreadable_reasons(facts))
     return ContentFindings(tone=_tone(found), reasons=tuple(reasons), language=view.language)
 
