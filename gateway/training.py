@@ -177,7 +177,8 @@ def vocabulary(samples: list[Sample]) -> Vocabulary:
 
 def _fit(x: Any, y: list[bool]) -> Any:
     from sklearn.linear_model import LogisticRegression
-    model = LogisticRegression(C=C, class_weight="balanced", solver="liblinear", dual=True, max_iter=5000)
+    model = LogisticRegression(C=C, class_weight="balanced", solver="liblinear", dual=True, max_iter=5000,
+                               random_state=13)
     model.fit(x, y)
     return model
 
