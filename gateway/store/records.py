@@ -246,7 +246,8 @@ def family_data(session: Session, school: str, key: str, addresses: list[str]) -
         for o in session.scalars(select(OutboxRow).where(OutboxRow.message.in_(ids)).order_by(OutboxRow.id)):
             if o.message is not None:
                 outbox.setdefault(o.message, []).append(row_dict(o))
-    family_where = (lambda model: (model.school == school) & (model.family_id == key))
+    def family_where(model: Any) -> Any:
+        return (model.school == school) & (model.family_id == key)
     blocks_where: list[Any] = [family_where(BlockRow)]
     if addresses:
         blocks_where.append(BlockRow.address.in_(addresses))
@@ -311,13 +312,13 @@ def erase_family(session: Session, *, school: str, key: str, known: bool, addres
     # since): text is rewritten without them, and a stored email about them is removed.
     tables = {t.name: t for t in _tables(session)}
     # A row of any other table that points at an erased message (a digest entry, a notice) goes with it.
-    for table in tables.values():
-        column = table.columns.get("message")
-        if ids and table.name not in ("incidents", "messages") and column is not None \
-                and isinstance(column.type, Integer):
-            session.execute(table.delete().where(column.in_(ids)))
-    for table, column, pk in leftovers(session, needles):
-        _scrub_cell(session, tables[table], column, pk, needles)
+    for other in tables.values():
+        pointer = other.columns.get("message")
+        if ids and other.name not in ("incidents", "messages") and pointer is not None \
+                and isinstance(pointer.type, Integer):
+            session.execute(other.delete().where(pointer.in_(ids)))
+    for name, column_name, pk in leftovers(session, needles):
+        _scrub_cell(session, tables[name], column_name, pk, needles)
     session.add(ErasureRow(school=school, at=now, actor=actor, messages=len(ids), incidents_kept=len(kept)))
     session.flush()
     if session.get_bind().dialect.name == "sqlite":
@@ -467,11 +468,11 @@ def family_overview(session: Session, schools: frozenset[str], key: str, now: da
         school, known = rows[0].school, True
         rows = [r for r in rows if r.school == school]
     else:
-        school = session.scalar(select(MessageRow.school).where(
+        found = session.scalar(select(MessageRow.school).where(
             MessageRow.family == key, MessageRow.school.in_(sorted(schools))).limit(1))
-        if school is None:
+        if found is None:
             return None
-        known = False
+        school, known = found, False
     addresses = [r.email for r in rows] if known else [key]
     members = tuple(dict.fromkeys((r.email, r.parent_name) for r in rows)) if known else ((key, ""),)
     counted = session.execute(select(MessageRow.half_term, func.count()).where(
@@ -481,7 +482,7 @@ def family_overview(session: Session, schools: frozenset[str], key: str, now: da
     messages = [FamilyMessage(r.id, r.state, r.route, r.received_at, _head(bytes(r.head))) for r in session.execute(
         select(MessageRow.id, MessageRow.state, MessageRow.route, MessageRow.received_at, _first_bytes()).where(
             MessageRow.id.in_(ids[-limit:])).order_by(MessageRow.id.desc()))] if ids else []
-    found = [_incident(r) for r in incidents_of(session, school, key, addresses, ids)]
+    kept = [_incident(r) for r in incidents_of(session, school, key, addresses, ids)]
     plan = session.scalars(select(PlanRow).where(PlanRow.school == school, PlanRow.family_id == key,
                                                  PlanRow.ended_at.is_(None)).order_by(PlanRow.id.desc())).first()
     blocks = session.scalars(select(BlockRow).where(
@@ -493,5 +494,5 @@ def family_overview(session: Session, schools: frozenset[str], key: str, now: da
         school=school, key=key, known=known, members=members,
         children=tuple((c["name"], c["year_group"]) for c in children_of(session, school, key if known else None)),
         half_terms=tuple((str(h or "").split(" ", 1)[-1], int(n)) for h, n in counted),
-        messages=tuple(messages), incidents=tuple(reversed(found)), stages=tuple(row_dict(s) for s in stages),
+        messages=tuple(messages), incidents=tuple(reversed(kept)), stages=tuple(row_dict(s) for s in stages),
         plan=row_dict(plan) if plan is not None else None, blocks=tuple(row_dict(b) for b in blocks))
