@@ -29,6 +29,8 @@ MAX_JUDGED = 200_000
 # A message in a language the model was not trained on is still judged when at least this share
 # of its words were seen in training (romanised Urdu or Punjabi, which identifiers often misname).
 WELL_KNOWN_SHARE = 0.45
+# Fewer words than this and the model's n-grams are too few to weigh: the rules judge alone.
+MODEL_MIN_WORDS = 8
 # Findings in the order a Head of School should read them.
 _ORDER = (Flag.SAFEGUARDING, Flag.ABUSIVE, Flag.NEGATIVE, Flag.PERSONAL, Flag.URGENT, Flag.WORRIED,
           Flag.POSSIBLE_SAFEGUARDING, Flag.NEEDS_INTERPRETER)
@@ -132,9 +134,10 @@ def classify(facts: Facts, rules: RuleSet) -> ContentFindings:
     interpreter = None
     if view.foreign is not None and Flag.NEEDS_INTERPRETER not in found:
         interpreter = interpreter_reason(rules, view, vector.words if vector is not None else [])
-    # The model judges only what it can read: not a message that needs an interpreter.
+    # The model judges only what it can read: not a message that needs an interpreter, nor one too
+    # short for word statistics to mean anything ("PE on Monday?"), which the rules judge alone.
     if rules.model is not None and vector is not None and interpreter is None \
-            and Flag.NEEDS_INTERPRETER not in found:
+            and Flag.NEEDS_INTERPRETER not in found and len(vector.words) >= MODEL_MIN_WORDS:
         added = model_reasons(rules.model, view, vector, facts.date, found)
         found.update(r.flag for r in added)
         reasons.extend(added)
