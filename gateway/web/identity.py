@@ -31,13 +31,17 @@ class Viewer:
     def may_read(self, school: str, route: str | None, flags: tuple[str, ...] = ()) -> bool:
         """A message's page: heads and the trust read their schools' messages; the DSL reads those
         routed to the DSL and those flagged for the DSL's digest (its links lead here)."""
-        for_dsl = route == "dsl" or "possible-safeguarding" in flags
-        return self.can(school, HEAD, TRUST) or (for_dsl and self.can(school, DSL))
+        return self.can(school, HEAD, TRUST) or (for_dsl(route, flags) and self.can(school, DSL))
 
     @property
     def readers(self) -> frozenset[str]:
         """Schools whose review queue and messages this person may read (heads and the trust)."""
         return self.schools(HEAD, TRUST)
+
+
+def for_dsl(route: str | None, flags: tuple[str, ...] = ()) -> bool:
+    """A message the DSL reads and marks seen: sent to the DSL, or listed in the DSL's digest."""
+    return route == "dsl" or "possible-safeguarding" in flags
 
 
 def viewer_for(config: Config, email: str) -> Viewer | None:

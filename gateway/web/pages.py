@@ -23,7 +23,7 @@ from gateway.act.transport import Transport
 from gateway.domain.states import State
 from gateway.store import console as queries
 from gateway.web.base import _DONE, HERE, PAGE_SIZE, _home
-from gateway.web.identity import DSL, HEAD, Viewer
+from gateway.web.identity import DSL, HEAD, Viewer, for_dsl
 from gateway.web.render import attachments, headers, parse, render
 from gateway.web.casework import CaseworkPages, routes as casework_routes
 from gateway.web.records import RecordPages
@@ -137,7 +137,7 @@ class Console(SignInPages, RolePages, RecordPages, CaseworkPages):
             flagged=[FLAG_TEXT[f] for f in view.flags if f in FLAG_TEXT],
             can_act=view.state == State.IN_REVIEW.value and viewer.can(view.school, HEAD),
             can_reply=viewer.can(view.school, HEAD), reply_to=parent_address(view.raw, view.mail_from),
-            can_see=view.route == "dsl" and viewer.can(view.school, DSL),
+            can_see=for_dsl(view.route, view.flags) and viewer.can(view.school, DSL),
             seen=(await self.rt.db.run(lambda s: queries.seen_by(s, [view.id]))).get(view.id),
             release_text=self._release_text(view), family=self._related(family), thread=self._related(thread),
             events=[{"when": self._when(at), "what": f"{src or 'new'} → {dst}", "actor": actor}

@@ -14,7 +14,7 @@ from gateway import services
 from gateway.domain.states import State
 from gateway.store import console as queries
 from gateway.web.base import PAGE_SIZE, PageBase
-from gateway.web.identity import DSL, HEAD, OFFICE, Viewer
+from gateway.web.identity import DSL, HEAD, OFFICE, Viewer, for_dsl
 from gateway.web.security import Session
 
 log = logging.getLogger("parentgate.console")
@@ -43,10 +43,12 @@ class RolePages(PageBase):
             await self._form(request, session)
             message_id = request.path_params["id"]
             view = await self.rt.db.run(lambda s: queries.message_view(s, viewer.schools(DSL), message_id))
-            if view is None or view.route != "dsl":
+            if view is None or not for_dsl(view.route, view.flags):
                 return await self._not_found_page(session)
             await self.rt.db.call(lambda: services.mark_seen(self.rt, message_id, viewer.email))
-            return RedirectResponse("/safeguarding", status_code=303)
+            # A message from the digest is not on the Safeguarding page: back to the message itself.
+            back = "/safeguarding" if view.route == "dsl" else f"/messages/{message_id}?done=seen"
+            return RedirectResponse(back, status_code=303)
         return await self._guarded(request, act)
 
     async def safeguarding(self, request: Request) -> Response:

@@ -440,6 +440,11 @@ def test_the_dsl_opens_a_flagged_message_from_its_digest_and_the_page_shows_both
     flags = page.locator("dd .flag").all_inner_texts()
     assert any("Possible safeguarding concern" in f for f in flags)
     assert any("Needs an interpreter" in f for f in flags)
+    # The DSL records having looked at it, as for the messages sent to the DSL at once.
+    page.get_by_role("button", name="Seen").click()
+    page.wait_for_url(f"{setup.base}/messages/{flagged}?done=seen")
+    page.get_by_text(f"Seen by {dsl}").wait_for()
+    assert f"seen by {dsl}" in setup.cli("show", str(flagged))
     # ... but routine mail to a teacher stays the Head's to read.
     assert page.goto(f"{setup.base}/messages/{routine}").status == 404
 
