@@ -234,7 +234,7 @@ async def test_urgent_mail_needing_an_interpreter_gives_the_office_one_copy_with
     assert message_from_bytes(copy.data, policy=default_policy)["X-Parentgate"] == "interpreter-copy"
 
 
-def test_triage_json_and_show_carry_both_flags(tmp_path, sink):
+def test_triage_json_carries_both_flags(tmp_path, sink):
     cfg = school_config(tmp_path, sink)
     eml = tmp_path / "both.eml"
     eml.write_bytes(wire(message(subject="Ali", body=FLAGGED + ETHIOPIC)))
