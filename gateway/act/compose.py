@@ -8,10 +8,11 @@ from a parent's message can never add a header field.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -22,7 +23,8 @@ from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime
 from pathlib import Path
 
-from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, pass_context
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from gateway.domain.addresses import reply_address
@@ -335,23 +337,56 @@ def compose_failure_notice(
     return msg.as_bytes(policy=_POLICY)
 
 
-def _render(templates_dir: Path, template: str, now: datetime, values: Mapping[str, object]) -> str:
+# The render's clock, passed to each template with its values, for the `british_date` filter.
+_NOW = "_parentgate_now"
+
+
+@pass_context
+def _british_date_filter(context: Context, d: date) -> str:
+    return british_date(d, context[_NOW])
+
+
+class _SameTextLoader(FileSystemLoader):
+    """A compiled template stays in use only while its file holds the same text. (Jinja's own check
+    compares modification times, and two writes within one clock tick of the file system share one.)"""
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str | None, Callable[[], bool]]:
+        source, filename, _ = super().get_source(environment, template)
+        assert filename is not None
+
+        def uptodate() -> bool:
+            try:
+                with open(filename, "rb") as f:
+                    return f.read().decode(self.encoding) == source
+            except (OSError, UnicodeError):
+                return False
+
+        return source, filename, uptodate
+
+
+@functools.lru_cache(maxsize=32)
+def _environment(templates_dir: str) -> SandboxedEnvironment:
+    """One environment per templates directory, so each template is compiled once rather than for
+    every reply (compiling was most of the cost of building one). Before each use the template's
+    file is read again (`auto_reload`, `_SameTextLoader`), so a school's edit is picked up at once.
+    Jinja's environments and their template caches are safe to share between threads."""
     # The sandbox matters because schools edit these files; StrictUndefined makes a
     # misspelt variable fail loudly (and in tests) instead of sending a blank.
     env = SandboxedEnvironment(
-        loader=FileSystemLoader(str(templates_dir)),
+        loader=_SameTextLoader(templates_dir),
         undefined=StrictUndefined,
         autoescape=False,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        auto_reload=True,
     )
+    env.filters["british_date"] = _british_date_filter
+    return env
 
-    def british_date_filter(d: date) -> str:
-        return british_date(d, now)
 
-    env.filters["british_date"] = british_date_filter
-    text = env.get_template(template).render(**values)
+def _render(templates_dir: Path, template: str, now: datetime, values: Mapping[str, object]) -> str:
+    text = _environment(str(templates_dir)).get_template(template).render({**values, _NOW: now})
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     return "\n".join(lines).strip("\n") + "\n"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import os
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import default
@@ -10,7 +11,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from jinja2 import UndefinedError
+from jinja2 import TemplateNotFound, UndefinedError
 
 from gateway.act.compose import (
     british_date,
@@ -291,6 +292,32 @@ def test_british_date_filter_is_available_to_templates(tmp_path: Path) -> None:
     text = render_acknowledgement(tmp_path, "f.txt.j2", school_name="A", parent_name=None, reply_by=date(2027, 1, 5),
                                   reopen_date=None, break_name=None, office_phone="1", now=NOW)
     assert text == "Tuesday 5 January 2027\n"
+
+
+def test_a_template_compiled_once_still_follows_each_render_s_clock_and_the_school_s_edits(tmp_path: Path) -> None:
+    """Templates are compiled once per directory: the british_date filter must use each render's own
+    `now`, not the first one's, and a school's edit to the file must be picked up at the next render."""
+    template = tmp_path / "f.txt.j2"
+    template.write_text("{{ reply_by_date | british_date }}\n")
+
+    def render(now: datetime) -> str:
+        return render_acknowledgement(tmp_path, "f.txt.j2", school_name="A", parent_name=None,
+                                      reply_by=date(2027, 1, 5), reopen_date=None, break_name=None,
+                                      office_phone="1", now=now)
+
+    assert render(NOW) == "Tuesday 5 January 2027\n"
+    assert render(datetime(2027, 1, 4, 9, 0, tzinfo=UTC)) == "Tuesday 5 January\n"
+    # Edited at once, twice: within one clock tick of the file system the modification time may not
+    # change, and each edit must still be picked up.
+    template.write_text("Reply by {{ reply_by_date | british_date }}\n")
+    assert render(NOW) == "Reply by Tuesday 5 January 2027\n"
+    first = template.stat()
+    template.write_text("By {{ reply_by_date | british_date }}\n")
+    os.utime(template, ns=(first.st_atime_ns, first.st_mtime_ns))  # the same tick as the edit before
+    assert render(NOW) == "By Tuesday 5 January 2027\n"
+    template.unlink()
+    with pytest.raises(TemplateNotFound):
+        render(NOW)
 
 
 # Dates.
